@@ -1,0 +1,244 @@
+"""``faceedit``: the command line over the same core the widgets use."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .tasks import REQUEST_TYPES, Task
+
+
+def _parse_attr(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--attr expects NAME=VALUE (e.g. Blond_Hair=1), got '{item}'")
+        words = {"true": 1.0, "yes": 1.0, "false": 0.0, "no": 0.0}
+        try:
+            out[name] = words[value.lower()] if value.lower() in words else float(value)
+        except ValueError:
+            raise ValueError(f"--attr {name}: value must be a number or yes/no, got '{value}'") from None
+    return out
+
+
+def _parse_params(items: list[str]) -> dict:
+    """Backend parameters NAME=VALUE; numbers become numbers, everything else stays text."""
+    out: dict = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param expects NAME=VALUE, got '{item}'")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                out[name] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+def cmd_backends(args) -> int:
+    from .registry import get_registry
+
+    registry = get_registry()
+    rows = []
+    for name, backend in sorted(registry.backends.items()):
+        ready, why = backend.ready()
+        rows.append({
+            "name": name, "version": backend.version, "plugin": registry.backend_plugin[name],
+            "tasks": sorted(t.value for t in backend.tasks), "devices": backend.devices(),
+            "attributes": list(backend.supported_attributes), "weights": list(backend.weights),
+            "ready": ready, "status": why, "description": backend.description,
+            "limitations": backend.limitations,
+        })
+    failures = [{"plugin": f.plugin, "stage": f.stage, "error": f.error} for f in registry.failures]
+    if args.json:
+        print(json.dumps({"backends": rows, "load_errors": failures}, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['name']:<22} {','.join(row['tasks']):<28} {','.join(row['devices']):<12} "
+              f"{'ready' if row['ready'] else row['status']}")
+    for failure in failures:
+        print(f"[failed plugin] {failure['plugin']} ({failure['stage']}): {failure['error']}")
+    return 0
+
+
+def _output_path(output: Path, image_path: Optional[Path], many: bool, suffix: str = "") -> Path:
+    if many or output.is_dir() or (output.suffix == "" and not output.exists()):
+        stem = image_path.stem if image_path is not None else "generated"
+        return output / f"{stem}{suffix}.png"
+    return output
+
+
+def _build_request(task: Task, args, image_path: Optional[Path]):
+    from .io import companion, read_image, read_index_map
+
+    common = dict(device=args.device, seed=args.seed,
+                  face_index=args.face_index, params=_parse_params(args.param))
+    image = read_image(image_path) if image_path is not None else None
+    if task is Task.PARSE or task is Task.RESTORE:
+        return REQUEST_TYPES[task](image=image, **common)
+    if task is Task.COMPLETE:
+        mask_path = companion(args.mask, image_path)
+        if mask_path is None:
+            raise ValueError("complete needs --mask (white = hole)")
+        labels_path = companion(args.labels, image_path)
+        return REQUEST_TYPES[task](image=image, mask=read_index_map(mask_path) > 127,
+                                   attributes=_parse_attr(args.attr),
+                                   labels=read_index_map(labels_path) if labels_path else None, **common)
+    if task is Task.EDIT_ATTRIBUTES:
+        labels_path = companion(args.labels, image_path)
+        return REQUEST_TYPES[task](image=image, attributes=_parse_attr(args.attr), strength=args.strength,
+                                   labels=read_index_map(labels_path) if labels_path else None, **common)
+    if task is Task.EDIT_TEXT:
+        return REQUEST_TYPES[task](image=image, text=args.text or "", **common)
+    if task is Task.SYNTHESIZE:
+        labels_path, target_path = companion(args.labels, image_path), companion(args.target_labels, image_path)
+        if labels_path is None or target_path is None:
+            raise ValueError("synthesize needs --labels (source) and --target-labels")
+        return REQUEST_TYPES[task](image=image, labels=read_index_map(labels_path),
+                                   target_labels=read_index_map(target_path), **common)
+    raise ValueError(f"unknown task {task}")
+
+
+def cmd_run(args) -> int:
+    from .io import list_images, write_atomic
+    from .registry import get_registry
+    from .runner import execute
+
+    task = Task(args.task)
+    registry = get_registry()
+    backend = registry.get(args.backend) if args.backend else registry.best_for(task)
+    if args.input is None:
+        if task is not Task.EDIT_TEXT:
+            raise ValueError(f"'{task.value}' needs --input")
+        inputs: list[Optional[Path]] = [None]
+    else:
+        inputs = list_images(args.input)
+    output = Path(args.output)
+    many = len(inputs) > 1 or (args.input is not None and Path(args.input).is_dir())
+    summary, failed = [], 0
+    for image_path in inputs:
+        try:
+            request = _build_request(task, args, image_path)
+            result = execute(backend, request, _cli_progress(args.quiet))
+            written = []
+            if result.image is not None:
+                target = _output_path(output, image_path, many)
+                write_atomic(target, result.image)
+                written.append(str(target))
+            if result.labels is not None:
+                target = _output_path(output, image_path, many, "" if result.image is None else "_labels")
+                write_atomic(target, result.labels)
+                written.append(str(target))
+            summary.append({"input": str(image_path) if image_path else None, "outputs": written,
+                            "provenance": result.provenance.to_dict()})
+        except Exception as exc:  # noqa: BLE001 - report, go on with the next file
+            failed += 1
+            print(f"faceedit: {image_path or 'generate'}: {exc}", file=sys.stderr)
+            summary.append({"input": str(image_path) if image_path else None, "error": str(exc)})
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    return 1 if failed else 0
+
+
+def _cli_progress(quiet: bool):
+    def report(step: int, total: int, message: str) -> None:
+        if not quiet:
+            print(f"  [{step}/{total}] {message}", file=sys.stderr)
+    return report
+
+
+def cmd_train(args, rest: list[str]) -> int:
+    from .registry import get_registry
+
+    trainers = {}
+    for impl in get_registry().plugin_manager.hook.faceedit_trainers.get_hookimpls():
+        trainers.update(impl.function() or {})
+    if args.model not in trainers:
+        print(f"no trainer '{args.model}' (available: {', '.join(sorted(trainers)) or 'none'})", file=sys.stderr)
+        return 2
+    return int(trainers[args.model](rest) or 0)
+
+
+def cmd_gui(args) -> int:
+    from .app import launch
+
+    return launch(screenshot=args.screenshot, sample=not args.no_sample)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceedit", description="Semantic face editing (napari-faceedit).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backends", help="list backends, their tasks and devices, and plugins that failed to load")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("run", help="run a task on an image file or a folder of images")
+    p.add_argument("task", choices=[t.value for t in Task])
+    p.add_argument("--input", type=Path, help="image file or folder (optional for edit-text: generate)")
+    p.add_argument("--output", type=Path, required=True, help="output PNG file, or folder")
+    p.add_argument("--backend", help="backend name (default: the best ready backend for the task)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mask", type=Path, help="hole mask PNG or folder of masks (white = hole)")
+    p.add_argument("--labels", type=Path, help="label map PNG (CelebAMask-HQ indices) or folder")
+    p.add_argument("--target-labels", type=Path, help="edited label map for synthesize")
+    p.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--text")
+    p.add_argument("--face-index", type=int, default=None, help="edit only this detected face (0 = largest)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="backend-specific parameter")
+    p.add_argument("--json", action="store_true", help="print a JSON summary with provenance")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train a model (see faceedit train MODEL --help)")
+    p.add_argument("model")
+    p.set_defaults(func=None)
+
+    p = sub.add_parser("gui", help="open napari with the plugin docked and a sample face")
+    p.add_argument("--screenshot", type=Path, help="save a screenshot of the window and exit")
+    p.add_argument("--no-sample", action="store_true")
+    p.set_defaults(func=cmd_gui)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands owned by other core modules (weights, detect)."""
+    import importlib
+
+    found = []
+    for module, function in ((".weights_cli", "add_weights_commands"), (".face.cli", "add_detect_command")):
+        try:  # TRANSITIONAL: until both modules have landed
+            found.append(getattr(importlib.import_module(module, __package__), function))
+        except ModuleNotFoundError:
+            pass
+    return found
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["train"]:
+        args, rest = parser.parse_known_args(argv)
+        return cmd_train(args, rest)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, LookupError, FileNotFoundError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"faceedit: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

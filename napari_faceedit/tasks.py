@@ -1,0 +1,209 @@
+"""Requests and results as plain dataclasses: what the widgets and the CLI hand to a backend.
+
+A request never carries a napari layer or a Qt object; arrays are copied in so that a run
+cannot touch the caller's data.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+
+
+class Task(str, enum.Enum):
+    PARSE = "parse"
+    SYNTHESIZE = "synthesize"
+    COMPLETE = "complete"
+    EDIT_ATTRIBUTES = "edit-attributes"
+    EDIT_TEXT = "edit-text"
+    RESTORE = "restore"
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Validate an image and return a fresh (H, W, 3) uint8 copy.
+
+    Accepts uint8, floats in [0, 1] (or [0, 255] when the maximum exceeds 1), grayscale (H, W)
+    and RGBA (alpha dropped).
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {image.shape}")
+    image = image[..., :3]
+    if image.shape[0] < 8 or image.shape[1] < 8:
+        raise ValueError(f"image is too small ({image.shape[1]}x{image.shape[0]} px)")
+    if image.dtype == np.uint8:
+        return image.copy()
+    if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
+        raise ValueError(f"unsupported image dtype {image.dtype}")
+    data = image.astype(np.float64)
+    if not np.isfinite(data).all():
+        raise ValueError("image contains NaN or infinite values")
+    scale = 255.0 if data.max() <= 1.0 and np.issubdtype(image.dtype, np.floating) else 1.0
+    return np.clip(np.rint(data * scale), 0, 255).astype(np.uint8)
+
+
+def as_mask(mask: np.ndarray, shape: tuple[int, int], what: str = "mask") -> np.ndarray:
+    """Validate a 2-D mask/label map of the image's size and return an integer copy."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] in (3, 4):  # an RGB(A) drawing: any non-black pixel counts
+        mask = mask[..., :3].max(axis=2)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{what} has shape {mask.shape}, but the image is {tuple(shape)}")
+    if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
+        if not np.all(np.mod(mask, 1) == 0):
+            raise ValueError(f"{what} must hold integers, got dtype {mask.dtype}")
+    return mask.astype(np.int32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """Fields every task shares. ``face_index`` picks one face of a photo (None = all faces)."""
+
+    task: ClassVar[Task]
+    device: str = "cpu"
+    seed: int = 0
+    face_index: Optional[int] = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def parameters(self) -> dict[str, Any]:
+        """Everything but arrays: what provenance records."""
+        out: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if isinstance(value, np.ndarray):
+                out[name] = f"array{list(value.shape)}"
+            else:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParseRequest(Request):
+    task: ClassVar[Task] = Task.PARSE
+    image: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        object.__setattr__(self, "image", as_rgb_uint8(self.image))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthesizeRequest(Request):
+    """Source image + its labels + edited target labels -> image following the target labels."""
+
+    task: ClassVar[Task] = Task.SYNTHESIZE
+    image: np.ndarray = None  # type: ignore[assignment]
+    labels: np.ndarray = None  # type: ignore[assignment]
+    target_labels: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        object.__setattr__(self, "image", as_rgb_uint8(self.image))
+        shape = self.image.shape[:2]
+        object.__setattr__(self, "labels", as_mask(self.labels, shape, "labels"))
+        object.__setattr__(self, "target_labels", as_mask(self.target_labels, shape, "target labels"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompleteRequest(Request):
+    """Fill the hole (mask != 0) of an image, optionally steering attributes."""
+
+    task: ClassVar[Task] = Task.COMPLETE
+    image: np.ndarray = None  # type: ignore[assignment]
+    mask: np.ndarray = None  # type: ignore[assignment]
+    attributes: dict[str, float] = field(default_factory=dict)
+    labels: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "image", as_rgb_uint8(self.image))
+        shape = self.image.shape[:2]
+        mask = as_mask(self.mask, shape, "hole mask") != 0
+        if not mask.any():
+            raise ValueError("the hole mask is empty: draw the region to complete first")
+        if mask.all():
+            raise ValueError("the hole mask covers the whole image: nothing is left to complete from")
+        object.__setattr__(self, "mask", mask)
+        if self.labels is not None:
+            object.__setattr__(self, "labels", as_mask(self.labels, shape, "labels"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditAttributesRequest(Request):
+    """Target attribute values (CelebA names; 1 = has, 0 = has not); ``strength`` in [0, 1]."""
+
+    task: ClassVar[Task] = Task.EDIT_ATTRIBUTES
+    image: np.ndarray = None  # type: ignore[assignment]
+    attributes: dict[str, float] = field(default_factory=dict)
+    labels: Optional[np.ndarray] = None
+    strength: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "image", as_rgb_uint8(self.image))
+        if not self.attributes:
+            raise ValueError("no target attribute given")
+        if not 0.0 <= float(self.strength) <= 1.0:
+            raise ValueError(f"strength must lie in [0, 1], got {self.strength}")
+        if self.labels is not None:
+            object.__setattr__(self, "labels", as_mask(self.labels, self.image.shape[:2], "labels"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditTextRequest(Request):
+    """Generate (image None) or manipulate an image following a text instruction."""
+
+    task: ClassVar[Task] = Task.EDIT_TEXT
+    text: str = ""
+    image: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        if not self.text or not self.text.strip():
+            raise ValueError("the text instruction is empty")
+        if self.image is not None:
+            object.__setattr__(self, "image", as_rgb_uint8(self.image))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreRequest(Request):
+    task: ClassVar[Task] = Task.RESTORE
+    image: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        object.__setattr__(self, "image", as_rgb_uint8(self.image))
+
+
+REQUEST_TYPES: dict[Task, type[Request]] = {
+    cls.task: cls
+    for cls in (ParseRequest, SynthesizeRequest, CompleteRequest, EditAttributesRequest,
+                EditTextRequest, RestoreRequest)
+}
+
+
+@dataclass
+class Provenance:
+    """Where a result came from. Backends may pre-fill ``weights_*`` and ``notes``; the runner fills the rest."""
+
+    backend: str = ""
+    backend_version: str = ""
+    task: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "cpu"
+    wall_time_s: float = 0.0
+    weights_id: Optional[str] = None
+    weights_sha256: Optional[str] = None
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class Result:
+    """Output arrays of one run. ``image`` (H, W, 3) uint8 and/or ``labels`` (H, W) int (CelebAMask-HQ order);
+    ``extras`` holds further named arrays (e.g. aligned crops); ``provenance`` is filled in by the runner."""
+
+    image: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    provenance: Optional[Provenance] = None

@@ -1,0 +1,108 @@
+"""napari layer <-> core array conversions. The only module that knows how layers map to requests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..tasks import Result
+from ..vocab import FACE_CLASSES
+
+PROVENANCE_KEY = "faceedit_provenance"
+
+
+def face_label_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[Any, Any] = {c.index: np.array([*c.color, 255]) / 255.0 for c in FACE_CLASSES}
+    colors[0] = np.zeros(4)  # background shows the photo through
+    colors[None] = np.zeros(4)
+    return DirectLabelColormap(color_dict=colors)
+
+
+def face_label_features() -> dict[str, list]:
+    return {
+        "index": [c.index for c in FACE_CLASSES],
+        "name": [c.name for c in FACE_CLASSES],
+        "description": [c.description for c in FACE_CLASSES],
+    }
+
+
+def face_labels_kwargs(name: str, like=None) -> dict:
+    """Keyword arguments for ``viewer.add_labels`` of a layer holding our 19 named face classes."""
+    kwargs = dict(name=name, colormap=face_label_colormap(), features=face_label_features(), opacity=0.6,
+                  metadata={"faceedit_vocabulary": "celebamask-hq-19"})
+    if like is not None:
+        kwargs.update(scale=like.scale, translate=like.translate)
+    return kwargs
+
+
+def image_array(layer) -> np.ndarray:
+    """The pixels of an Image layer as a fresh array, with a clear error for what we cannot edit."""
+    if layer is None:
+        raise ValueError("select an image layer first")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = np.asarray(data)
+    if layer.rgb:
+        if data.ndim != 3:
+            raise ValueError(f"layer '{layer.name}' is an RGB stack of shape {data.shape}; select a single 2-D image")
+        return data.copy()
+    if data.ndim != 2:
+        raise ValueError(f"layer '{layer.name}' has shape {data.shape}; select a single 2-D RGB or grayscale image")
+    return data.copy()
+
+
+def mask_array(layer, shape: tuple[int, int]) -> np.ndarray:
+    """A hole mask from a Shapes layer (filled shapes) or a Labels layer (non-zero pixels)."""
+    if layer is None:
+        raise ValueError("select the layer holding the region to complete (Shapes or Labels)")
+    if layer._type_string == "shapes":
+        if len(layer.data) == 0:
+            raise ValueError(f"shapes layer '{layer.name}' is empty: draw the region first")
+        return np.asarray(layer.to_masks(mask_shape=shape)).any(axis=0)
+    data = np.asarray(layer.data)
+    if data.shape != tuple(shape):
+        raise ValueError(f"region layer '{layer.name}' has shape {data.shape}, but the image is {tuple(shape)}")
+    return data != 0
+
+
+def labels_array(layer, shape: tuple[int, int]) -> np.ndarray:
+    data = np.asarray(layer.data)
+    if data.shape != tuple(shape):
+        raise ValueError(f"labels layer '{layer.name}' has shape {data.shape}, but the image is {tuple(shape)}")
+    return data.copy()
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What a run needs to remember about its input layer: captured when Run is pressed."""
+
+    name: str
+    scale: tuple
+    translate: tuple
+
+    @classmethod
+    def of(cls, layer) -> "InputInfo":
+        return cls(layer.name, tuple(layer.scale), tuple(layer.translate))
+
+
+def add_result_layers(viewer, result: Result, source: InputInfo, task: str, backend: str) -> list:
+    """Add a result as new layers named after input, task and backend; never touches existing layers."""
+    provenance = result.provenance.to_dict() if result.provenance else {}
+    base = f"{source.name} · {task} · {backend}"
+    common = dict(scale=source.scale, translate=source.translate, metadata={PROVENANCE_KEY: provenance})
+    added = []
+    if result.image is not None:
+        added.append(viewer.add_image(result.image, name=base, rgb=True, **common))
+    if result.labels is not None:
+        kwargs = face_labels_kwargs(base + " labels")
+        kwargs["metadata"] = {**kwargs["metadata"], **common["metadata"]}
+        kwargs.update(scale=source.scale, translate=source.translate)
+        added.append(viewer.add_labels(np.asarray(result.labels).astype(np.uint8), **kwargs))
+    for key, array in result.extras.items():
+        array = np.asarray(array)
+        if array.ndim == 3 and array.shape[-1] in (3, 4) or array.ndim == 4:
+            added.append(viewer.add_image(array, name=f"{base} {key}", rgb=array.shape[-1] in (3, 4),
+                                          metadata={PROVENANCE_KEY: provenance}, visible=False))
+    return added

@@ -1,0 +1,206 @@
+"""The panel every run-widget shares: backend and device pickers, Run, progress, Cancel."""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget,
+)
+
+from ..registry import get_registry
+from ..runner import execute
+from ..tasks import Request, Result, Task
+from ._layers import InputInfo, add_result_layers
+
+# A request factory runs in the GUI thread when Run is pressed: it reads the layers and
+# parameters *then*, so later selection changes cannot redirect the run.
+RequestFactory = Callable[[str], tuple[Request, InputInfo]]
+
+
+class _ProgressRelay(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal)."""
+
+    progressed = Signal(int, int, str)
+
+
+class RunPanel(QWidget):
+    """Backend + device pickers, Run/Cancel, progress bar and status for one task."""
+
+    run_finished = Signal(object)  # the Result, or None when cancelled or failed
+    backend_changed = Signal(object)  # the newly selected backend class (or None)
+
+    def __init__(self, viewer, task: Task, make_request: RequestFactory, run_text: str = "Run",
+                 parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.task = Task(task)
+        self.make_request = make_request
+        self.worker = None
+        self.running = False
+        self.last_result: Optional[Result] = None
+        self.last_error: Optional[str] = None
+        self._cancel_event = threading.Event()
+        self._relay = _ProgressRelay()
+        self._relay.progressed.connect(self._on_progress)
+
+        self.backend_combo = QComboBox()
+        self.device_combo = QComboBox()
+        self.backend_info = QLabel()
+        self.backend_info.setWordWrap(True)
+        self.run_button = QPushButton(run_text)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.failures_label = QLabel()
+        self.failures_label.setWordWrap(True)
+        self.failures_label.setStyleSheet("color: #e06c6c")
+
+        form = QFormLayout()
+        form.addRow("Backend", self.backend_combo)
+        form.addRow("Device", self.device_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addWidget(self.backend_info)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        layout.addWidget(self.failures_label)
+
+        self.backend_combo.currentIndexChanged.connect(self._on_backend_changed)
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.refresh_backends()
+
+    # -- backends -----------------------------------------------------------------------------
+    def refresh_backends(self) -> None:
+        registry = get_registry()
+        current = self.backend_combo.currentData()
+        self.backend_combo.blockSignals(True)
+        self.backend_combo.clear()
+        for backend in registry.for_task(self.task):
+            ready, why = backend.ready()
+            self.backend_combo.addItem(backend.name if ready else f"{backend.name} (needs weights)", backend.name)
+            tip = "\n".join(filter(None, [backend.description, "Limits: " + backend.limitations
+                                          if backend.limitations else "", "" if ready else why]))
+            self.backend_combo.setItemData(self.backend_combo.count() - 1, tip, 3)  # Qt.ToolTipRole
+        if current is not None and self.backend_combo.findData(current) >= 0:
+            self.backend_combo.setCurrentIndex(self.backend_combo.findData(current))
+        self.backend_combo.blockSignals(False)
+        failures = registry.failures
+        self.failures_label.setText(
+            "\n".join(f"Plugin '{f.plugin}' failed ({f.stage}): {f.error}" for f in failures))
+        self.failures_label.setVisible(bool(failures))
+        self._on_backend_changed()
+
+    def backend(self):
+        name = self.backend_combo.currentData()
+        return get_registry().backends.get(name) if name else None
+
+    def select_backend(self, name: str) -> None:
+        index = self.backend_combo.findData(name)
+        if index < 0:
+            raise KeyError(f"backend '{name}' is not offered for task '{self.task.value}'")
+        self.backend_combo.setCurrentIndex(index)
+
+    def _on_backend_changed(self, *_):
+        backend = self.backend()
+        self.device_combo.clear()
+        if backend is None:
+            self.backend_info.setText(f"No installed backend can do '{self.task.value}'.")
+            self.run_button.setEnabled(False)
+            self.run_button.setToolTip(f"Install a backend plugin that supports '{self.task.value}'.")
+        else:
+            self.device_combo.addItems(backend.devices())
+            ready, why = backend.ready()
+            text = backend.description + (f"\nLimits: {backend.limitations}" if backend.limitations else "")
+            self.backend_info.setText(text if ready else f"{text}\nNot ready: {why}")
+            self.run_button.setEnabled(ready and not self.running)
+            self.run_button.setToolTip("" if ready else why)
+        self.backend_changed.emit(backend)
+
+    # -- running ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Capture inputs now, then run in a napari thread worker."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        backend = self.backend()
+        if backend is None or self.running:
+            return
+        device = self.device_combo.currentText() or "cpu"
+        try:
+            request, source = self.make_request(device)
+        except Exception as exc:  # noqa: BLE001 - bad input: tell the user, change nothing
+            self.last_error = str(exc)
+            self.status.setText(f"Not run: {exc}")
+            show_error(f"napari-faceedit: {exc}")
+            return
+        self._cancel_event = cancel_event = threading.Event()
+        relay = self._relay
+
+        def work():
+            return execute(backend, request, relay.progressed.emit, cancel_event.is_set)
+
+        self.worker = worker = create_worker(work, _progress=False)
+        worker.returned.connect(lambda result: self._on_returned(result, source, backend.name))
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._set_running(True)
+        self.last_error = None
+        self.status.setText(f"Running {backend.name} on '{source.name}'…")
+        self.progress_bar.setRange(0, 0)  # busy until the backend reports steps
+        worker.start()
+
+    def cancel(self) -> None:
+        if self.running:
+            self._cancel_event.set()
+            self.status.setText("Cancelling…")
+
+    def _on_progress(self, step: int, total: int, message: str) -> None:
+        if total > 0:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(min(step, total))
+        if message:
+            self.status.setText(message)
+
+    def _on_returned(self, result: Optional[Result], source: InputInfo, backend_name: str) -> None:
+        self.last_result = result
+        if result is None:
+            self.status.setText("Cancelled: nothing was changed.")
+        else:
+            layers = add_result_layers(self.viewer, result, source, self.task.value, backend_name)
+            took = result.provenance.wall_time_s if result.provenance else 0.0
+            self.status.setText(f"Done in {took:.1f} s: added {', '.join(repr(l.name) for l in layers)}")
+        self.run_finished.emit(result)
+
+    def _on_errored(self, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self.last_result = None
+        self.last_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, RuntimeError)) else str(exc)
+        self.status.setText(f"Failed: {self.last_error}")
+        show_error(f"napari-faceedit: {self.last_error}")
+        self.run_finished.emit(None)
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1 if self.last_result is not None else 0)
+
+    def _set_running(self, running: bool) -> None:
+        self.running = running
+        self.cancel_button.setEnabled(running)
+        self.backend_combo.setEnabled(not running)
+        self.device_combo.setEnabled(not running)
+        backend = self.backend()
+        self.run_button.setEnabled(not running and backend is not None and backend.ready()[0])

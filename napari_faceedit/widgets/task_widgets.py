@@ -1,0 +1,141 @@
+"""The dock widgets: thin views that turn layers into requests and results into new layers."""
+from __future__ import annotations
+
+from qtpy.QtWidgets import (
+    QFormLayout, QLabel, QPlainTextEdit, QSlider, QSpinBox, QVBoxLayout, QWidget,
+)
+from qtpy.QtCore import Qt
+
+from ..tasks import (
+    CompleteRequest, EditAttributesRequest, EditTextRequest, RestoreRequest, Task,
+)
+from ._layers import InputInfo, image_array, labels_array, mask_array
+from ._pickers import AttributeControls, LayerPicker
+from ._run_panel import RunPanel
+
+
+class _TaskWidget(QWidget):
+    """Form rows for the inputs, then the shared run panel."""
+
+    task: Task
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.form = QFormLayout()
+        self.image_picker = LayerPicker(napari_viewer, ("image",), none_text=self.image_none_text())
+        self.form.addRow("Image", self.image_picker)
+        self.face_index = QSpinBox()
+        self.face_index.setRange(-1, 99)
+        self.face_index.setValue(-1)
+        self.face_index.setSpecialValueText("all faces")
+        self.face_index.setToolTip("Which detected face to edit (0 = largest); 'all faces' edits every face.")
+        self.build_inputs()
+        self.panel = RunPanel(napari_viewer, self.task, self.make_request)
+        layout = QVBoxLayout(self)
+        layout.addLayout(self.form)
+        layout.addWidget(self.panel)
+        layout.addStretch(1)
+        self.panel.backend_changed.connect(self.on_backend_changed)
+        self.on_backend_changed(self.panel.backend())
+
+    def image_none_text(self):
+        return None
+
+    def build_inputs(self) -> None:
+        pass
+
+    def on_backend_changed(self, backend) -> None:
+        """Keep backend-specific inputs (e.g. the attributes offered) in step with the chosen backend."""
+        if hasattr(self, "attributes"):
+            self.attributes.set_attributes(tuple(getattr(backend, "supported_attributes", ())))
+
+    def common(self, device: str) -> dict:
+        index = self.face_index.value()
+        return dict(device=device, face_index=None if index < 0 else index)
+
+    def source_image(self):
+        layer = self.image_picker.layer()
+        return layer, image_array(layer)
+
+
+class CompleteWidget(_TaskWidget):
+    """Complete a region drawn as shapes or painted as labels."""
+
+    task = Task.COMPLETE
+
+    def build_inputs(self):
+        self.region_picker = LayerPicker(self.viewer, ("shapes", "labels"))
+        self.region_picker.setToolTip("Shapes (filled polygons/rectangles/ellipses) or Labels (non-zero = hole)")
+        self.form.addRow("Region", self.region_picker)
+        self.attributes = AttributeControls()
+        self.form.addRow(self.attributes)
+
+    def make_request(self, device):
+        layer, image = self.source_image()
+        mask = mask_array(self.region_picker.layer(), image.shape[:2])
+        request = CompleteRequest(image=image, mask=mask, attributes=self.attributes.values(), **self.common(device))
+        return request, InputInfo.of(layer)
+
+
+class AttributesWidget(_TaskWidget):
+    """Edit attributes (hair colour, gender, age, …) the chosen backend supports."""
+
+    task = Task.EDIT_ATTRIBUTES
+
+    def build_inputs(self):
+        self.labels_picker = LayerPicker(self.viewer, ("labels",), none_text="(none: parse automatically)")
+        self.form.addRow("Face labels", self.labels_picker)
+        self.form.addRow("Face", self.face_index)
+        self.attributes = AttributeControls()
+        self.form.addRow(self.attributes)
+        self.strength = QSlider(Qt.Horizontal)
+        self.strength.setRange(0, 100)
+        self.strength.setValue(100)
+        self.strength_label = QLabel("100 %")
+        self.strength.valueChanged.connect(lambda v: self.strength_label.setText(f"{v} %"))
+        self.form.addRow("Strength", self.strength)
+        self.form.addRow("", self.strength_label)
+
+    def make_request(self, device):
+        layer, image = self.source_image()
+        labels_layer = self.labels_picker.layer()
+        labels = labels_array(labels_layer, image.shape[:2]) if labels_layer is not None else None
+        request = EditAttributesRequest(image=image, attributes=self.attributes.values(), labels=labels,
+                                        strength=self.strength.value() / 100.0, **self.common(device))
+        return request, InputInfo.of(layer)
+
+
+class TextEditWidget(_TaskWidget):
+    """Generate or manipulate a face from a text instruction."""
+
+    task = Task.EDIT_TEXT
+
+    def image_none_text(self):
+        return "(none: generate a new face)"
+
+    def build_inputs(self):
+        self.text = QPlainTextEdit()
+        self.text.setPlaceholderText("e.g. 'she has blond wavy hair and is smiling'")
+        self.text.setMaximumHeight(80)
+        self.form.addRow("Text", self.text)
+
+    def make_request(self, device):
+        layer = self.image_picker.layer()
+        image = image_array(layer) if layer is not None else None
+        request = EditTextRequest(text=self.text.toPlainText(), image=image, **self.common(device))
+        source = InputInfo.of(layer) if layer is not None else InputInfo("generated", (1.0, 1.0), (0.0, 0.0))
+        return request, source
+
+
+class RestoreWidget(_TaskWidget):
+    """Restore a degraded photo (noise, blur, compression)."""
+
+    task = Task.RESTORE
+
+    def build_inputs(self):
+        self.form.addRow("Face", self.face_index)
+
+    def make_request(self, device):
+        layer, image = self.source_image()
+        return RestoreRequest(image=image, **self.common(device)), InputInfo.of(layer)

@@ -1,0 +1,1 @@
+"""Classical (download-free) backends for napari-faceedit."""

@@ -1,0 +1,57 @@
+"""Classical restoration: non-local-means denoising followed by unsharp masking of luminance."""
+from __future__ import annotations
+
+import numpy as np
+from skimage.color import lab2rgb, rgb2lab
+from skimage.filters import unsharp_mask
+from skimage.restoration import denoise_nl_means, estimate_sigma
+
+from napari_faceedit.backend import Backend
+from napari_faceedit.tasks import Provenance, RestoreRequest, Result, Task
+
+
+def is_grayscale(image: np.ndarray, tolerance: int = 2) -> bool:
+    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2).astype(np.int16)
+    return bool(np.percentile(spread, 99) <= tolerance)
+
+
+def denoise_sharpen(image: np.ndarray, sharpen_amount: float = 0.8, progress=None, check=None) -> tuple[np.ndarray, str]:
+    """Denoise with NL-means at the estimated noise level, then sharpen luminance only (no colour fringes)."""
+    gray = is_grayscale(image)
+    data = image.astype(np.float64) / 255.0
+    sigma = float(np.mean(estimate_sigma(data, channel_axis=-1)))
+    if progress:
+        progress(1, 3, f"denoising (estimated noise sigma {sigma * 255:.1f}/255)")
+    if sigma > 0.5 / 255:
+        data = denoise_nl_means(data, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6,
+                                fast_mode=True, channel_axis=-1)
+    if check:
+        check()
+    if progress:
+        progress(2, 3, "sharpening")
+    lab = rgb2lab(np.clip(data, 0, 1))
+    lightness = unsharp_mask(lab[..., 0] / 100.0, radius=1.5, amount=sharpen_amount, preserve_range=True)
+    lab[..., 0] = np.clip(lightness, 0, 1) * 100.0
+    if gray:
+        lab[..., 1:] = 0.0  # a grayscale photo stays grayscale
+    out = np.clip(np.rint(lab2rgb(lab) * 255.0), 0, 255).astype(np.uint8)
+    if gray:
+        out[:] = out.mean(axis=2, keepdims=True).round().astype(np.uint8)
+    return out, f"NL-means sigma={sigma * 255:.1f}/255, unsharp amount {sharpen_amount}"
+
+
+class ClassicRestoration(Backend):
+    name = "classic-restore"
+    version = "0.1.0"
+    tasks = frozenset({Task.RESTORE})
+    description = "Removes noise (non-local means at the estimated noise level) and sharpens luminance."
+    limitations = ("No face prior: it cannot recover detail lost to blur or low resolution, and strong "
+                   "JPEG blocking is only softened.")
+
+    def run(self, request: RestoreRequest, progress, cancelled) -> Result:
+        progress(0, 3, "estimating noise")
+        amount = float(request.params.get("sharpen", 0.8))
+        out, notes = denoise_sharpen(request.image, amount, progress, lambda: self.check(cancelled))
+        self.check(cancelled)
+        progress(3, 3, "done")
+        return Result(image=out, provenance=Provenance(notes=notes))
