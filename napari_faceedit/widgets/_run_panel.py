@@ -131,8 +131,10 @@ class RunPanel(QWidget):
     # -- running ------------------------------------------------------------------------------
     def start(self) -> None:
         """Capture inputs now, then run in a napari thread worker."""
-        from napari.qt.threading import create_worker
         from napari.utils.notifications import show_error
+        # superqt's worker is what napari.qt.threading wraps; napari 0.9's wrapper breaks on the
+        # `errored` signal (its status lambda takes the wrong arity), so we use superqt's directly.
+        from superqt.utils import create_worker
 
         backend = self.backend()
         if backend is None or self.running:
@@ -151,10 +153,11 @@ class RunPanel(QWidget):
         def work():
             return execute(backend, request, relay.progressed.emit, cancel_event.is_set)
 
-        self.worker = worker = create_worker(work, _progress=False)
-        worker.returned.connect(lambda result: self._on_returned(result, source, backend.name))
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
+        self.worker = worker = create_worker(work, _start_thread=False, _connect={
+            "returned": lambda result: self._on_returned(result, source, backend.name),
+            "errored": self._on_errored,
+            "finished": self._on_finished,
+        })
         self._set_running(True)
         self.last_error = None
         self.status.setText(f"Running {backend.name} on '{source.name}'…")

@@ -1,0 +1,219 @@
+"""Dock widgets driven for real in napari (pytest-qt + make_napari_viewer under pytest-xvfb)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fake_backends
+from napari_faceedit import vocab
+from napari_faceedit.widgets._layers import PROVENANCE_KEY
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def registry_with_test_backends(fresh_registry):
+    registry = fresh_registry()
+    registry.register(fake_backends, "tests.fake_backends")
+    fake_backends.GATE.clear()
+    fake_backends.STARTED.clear()
+    yield registry
+    fake_backends.GATE.set()
+
+
+def wait_done(qtbot, panel):
+    qtbot.waitUntil(lambda: panel.worker is not None and not panel.running, timeout=TIMEOUT_MS)
+
+
+def snapshot(viewer):
+    return [(layer.name, np.asarray(layer.data).copy()) for layer in viewer.layers]
+
+
+def assert_unchanged(viewer, before):
+    assert [layer.name for layer in viewer.layers] == [name for name, _ in before]
+    for layer, (_, data) in zip(viewer.layers, before):
+        assert np.array_equal(np.asarray(layer.data), data)
+
+
+def test_complete_widget_fills_only_the_drawn_region(make_napari_viewer, qtbot, portrait, fresh_registry):
+    from napari_faceedit.widgets.task_widgets import CompleteWidget
+
+    fresh_registry()
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    viewer.add_shapes([[300, 60], [330, 90]], shape_type="rectangle", name="hole")
+    widget = CompleteWidget(viewer)
+    widget.panel.select_backend("classic-complete")
+    widget.region_picker.select("hole")
+    before = snapshot(viewer)
+    widget.panel.start()
+    wait_done(qtbot, widget.panel)
+    assert widget.panel.last_error is None
+    assert_unchanged_layers = [name for name, _ in before]
+    assert [l.name for l in viewer.layers][:2] == assert_unchanged_layers
+    assert np.array_equal(viewer.layers["face"].data, portrait)  # the user's layer is untouched
+    result = viewer.layers[-1]
+    assert result.name == "face · complete · classic-complete"
+    assert result.metadata[PROVENANCE_KEY]["backend"] == "classic-complete"
+    hole = viewer.layers["hole"].to_masks(mask_shape=portrait.shape[:2])[0].astype(bool)
+    changed = np.any(result.data != portrait, axis=2)
+    assert changed[hole].mean() > 0.5 and not changed[~hole].any()
+
+
+def test_attributes_widget_recolours_painted_hair(make_napari_viewer, qtbot, portrait, fresh_registry):
+    from napari_faceedit.widgets.labels_widget import FaceLabelsWidget
+    from napari_faceedit.widgets.task_widgets import AttributesWidget
+
+    fresh_registry()
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    labels_widget = FaceLabelsWidget(viewer)
+    labels_layer = labels_widget.new_labels_layer()
+    labels_widget.select_class(vocab.CLASS_INDEX["hair"])
+    assert labels_layer.selected_label == 13 and labels_layer.mode == "paint"
+    labels_layer.data[30:110, 160:330] = labels_layer.selected_label  # "painting"
+    widget = AttributesWidget(viewer)
+    widget.panel.select_backend("classic-hair")
+    assert widget.attributes.hair_combo is not None and not widget.attributes.combos  # hair colours only
+    widget.labels_picker.select(labels_layer.name)
+    widget.attributes.set_value("Blond_Hair", True)
+    widget.panel.start()
+    wait_done(qtbot, widget.panel)
+    assert widget.panel.last_error is None
+    result = viewer.layers[-1]
+    changed = np.any(result.data != portrait, axis=2)
+    hair = labels_layer.data == 13
+    from scipy import ndimage
+
+    assert changed[hair].mean() > 0.9 and not changed[~ndimage.binary_dilation(hair, iterations=3)].any()
+
+
+def test_face_labels_layer_has_named_classes_and_official_colours(make_napari_viewer, portrait, tmp_path):
+    from napari_faceedit.io import read_index_map, write_atomic
+    from napari_faceedit.widgets.labels_widget import FaceLabelsWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    widget = FaceLabelsWidget(viewer)
+    layer = widget.new_labels_layer()
+    assert list(layer.features["name"]) == list(vocab.CLASS_NAMES)
+    for face_class in vocab.FACE_CLASSES[1:]:
+        rgba = layer.colormap.map(face_class.index)
+        assert np.allclose(np.asarray(rgba).ravel()[:3] * 255, face_class.color, atol=1)
+    # Paint every class, save as PNG, read back: same indices; a layer made from it shows the same names.
+    layer.data[:19, :] = np.arange(19)[:, None]
+    write_atomic(tmp_path / "labels.png", layer.data)
+    back = read_index_map(tmp_path / "labels.png")
+    assert np.array_equal(back, layer.data)
+
+
+def test_restore_widget_cancel_leaves_viewer_unchanged(make_napari_viewer, qtbot, portrait,
+                                                       registry_with_test_backends):
+    from napari_faceedit.widgets.task_widgets import RestoreWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    widget = RestoreWidget(viewer)
+    widget.panel.select_backend("test-gated")
+    before = snapshot(viewer)
+    widget.panel.start()
+    assert fake_backends.STARTED.wait(10)
+    assert widget.panel.cancel_button.isEnabled()
+    widget.panel.cancel()
+    wait_done(qtbot, widget.panel)
+    assert widget.panel.last_result is None and "Cancelled" in widget.panel.status.text()
+    assert_unchanged(viewer, before)
+
+
+def test_result_lands_on_the_layer_selected_when_run_was_pressed(make_napari_viewer, qtbot, portrait,
+                                                                 registry_with_test_backends):
+    from napari_faceedit.widgets.task_widgets import RestoreWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="first")
+    viewer.add_image(portrait[::-1].copy(), name="second", translate=(5, 7))
+    widget = RestoreWidget(viewer)
+    widget.panel.select_backend("test-gated")
+    widget.image_picker.select("second")
+    widget.panel.start()
+    assert fake_backends.STARTED.wait(10)
+    widget.image_picker.select("first")  # the user changes the selection mid-run
+    viewer.layers.selection.active = viewer.layers["first"]
+    fake_backends.GATE.set()
+    wait_done(qtbot, widget.panel)
+    result = viewer.layers[-1]
+    assert result.name == "second · restore · test-gated"
+    assert tuple(result.translate) == (5, 7)
+    expected = np.clip(portrait[::-1].astype(int) + 40, 0, 255)
+    assert np.array_equal(result.data, expected)
+
+
+def test_text_widget_runs_a_text_backend(make_napari_viewer, qtbot, portrait, registry_with_test_backends):
+    from napari_faceedit.widgets.task_widgets import TextEditWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    widget = TextEditWidget(viewer)
+    widget.panel.select_backend("test-text")
+    widget.image_picker.select("face")
+    widget.text.setPlainText("make her smile")
+    widget.panel.start()
+    wait_done(qtbot, widget.panel)
+    assert np.array_equal(viewer.layers[-1].data, portrait // 2)
+    assert viewer.layers[-1].metadata[PROVENANCE_KEY]["parameters"]["text"] == "make her smile"
+
+
+def test_bad_input_is_reported_and_changes_nothing(make_napari_viewer, qtbot, portrait, fresh_registry):
+    from napari_faceedit.widgets.task_widgets import CompleteWidget
+
+    fresh_registry()
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    viewer.add_shapes(name="empty region")
+    widget = CompleteWidget(viewer)
+    before = snapshot(viewer)
+    widget.panel.start()
+    assert "empty" in widget.panel.last_error
+    assert widget.panel.worker is None
+    assert_unchanged(viewer, before)
+
+
+def test_backend_errors_become_notifications_and_change_nothing(make_napari_viewer, qtbot, portrait, fresh_registry):
+    from napari_faceedit.widgets.task_widgets import AttributesWidget
+
+    fresh_registry()
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    viewer.add_labels(np.zeros(portrait.shape[:2], np.uint8), name="no hair here")
+    widget = AttributesWidget(viewer)
+    widget.panel.select_backend("classic-hair")
+    widget.labels_picker.select("no hair here")
+    widget.attributes.set_value("Black_Hair", True)
+    before = snapshot(viewer)
+    widget.panel.start()
+    wait_done(qtbot, widget.panel)
+    assert "no hair" in widget.panel.last_error
+    assert_unchanged(viewer, before)
+
+
+def test_third_party_backend_in_pickers_and_broken_plugin_reported(make_napari_viewer, third_party_plugins):
+    from napari_faceedit.widgets.task_widgets import CompleteWidget, RestoreWidget
+
+    viewer = make_napari_viewer()
+    restore = RestoreWidget(viewer)
+    names = [restore.panel.backend_combo.itemData(i) for i in range(restore.panel.backend_combo.count())]
+    assert "thirdparty-invert" in names and "classic-restore" in names
+    assert "thirdparty-broken" in restore.panel.failures_label.text()
+    assert "broken on purpose" in restore.panel.failures_label.text()
+    complete = CompleteWidget(viewer)  # only backends for the widget's task are offered
+    names = [complete.panel.backend_combo.itemData(i) for i in range(complete.panel.backend_combo.count())]
+    assert "thirdparty-invert" not in names
+
+
+def test_plugin_widgets_and_sample_are_contributed_through_npe2(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-faceedit", "astronaut")
+    assert viewer.layers[0].data.shape == (512, 512, 3)
+    for name in ("Face labels", "Complete region", "Attributes", "Text edit", "Restore"):
+        _, widget = viewer.window.add_plugin_dock_widget("napari-faceedit", name)
+        assert widget is not None
