@@ -1,0 +1,69 @@
+"""The weights dialog: import through the file chooser, download with progress, errors shown."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("qtpy")
+pytest.importorskip("pytestqt")
+
+from qtpy.QtCore import Qt  # noqa: E402
+from qtpy.QtWidgets import QFileDialog  # noqa: E402
+
+from napari_faceedit.widgets.weights_dialog import WeightsDialog, backend_readiness_text  # noqa: E402
+from test_weights import isolated, server, sha, tiny, use_registry  # noqa: E402,F401 - fixtures
+
+
+class NeedsTiny:
+    name = "needs-tiny"
+    weights = ("tiny",)
+
+
+@pytest.fixture
+def registry(tmp_path, isolated, monkeypatch, server, tiny):  # noqa: F811
+    _, data, digest, source = tiny
+    url = server.serve("/tiny.pth", data)
+    use_registry(tmp_path, monkeypatch, {
+        "tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest, "hash_published": True,
+                 "size": len(data), "license": "Tiny Licence: research only"},
+    })
+    return data, digest, source
+
+
+def test_dialog_imports_a_file(qtbot, registry, monkeypatch, isolated):  # noqa: F811
+    data, digest, source = registry
+    assert backend_readiness_text(NeedsTiny).startswith("needs weights: tiny (missing")
+    dialog = WeightsDialog.for_backend(NeedsTiny)
+    qtbot.addWidget(dialog)
+    row = dialog.rows["tiny"]
+    assert row.status.text() == "missing"
+    assert any("Tiny Licence" in label.text() for label in dialog.findChildren(type(row.status)))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(source), "")))
+    with qtbot.waitSignal(dialog.weights_changed, timeout=20000):
+        qtbot.mouseClick(row.import_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not dialog.is_busy(), timeout=20000)
+    assert row.status.text() == "present" and not row.download.isEnabled()
+    assert (isolated / "tiny" / "tiny.pth").read_bytes() == data
+    assert backend_readiness_text(NeedsTiny) == "ready"
+
+
+def test_dialog_shows_a_bad_import(qtbot, registry, tmp_path, isolated):  # noqa: F811
+    data, digest, _ = registry
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(data[:-1] + b"%")
+    dialog = WeightsDialog(["tiny"])
+    qtbot.addWidget(dialog)
+    dialog.start_import("tiny", str(bad))
+    qtbot.waitUntil(lambda: not dialog.is_busy(), timeout=20000)
+    assert digest in dialog.message.text() and sha(bad.read_bytes()) in dialog.message.text()
+    assert dialog.rows["tiny"].status.text() == "missing" and not (isolated / "tiny").exists()
+
+
+def test_dialog_downloads_with_progress(qtbot, registry, server):  # noqa: F811
+    dialog = WeightsDialog(["tiny"])
+    qtbot.addWidget(dialog)
+    assert dialog.rows["tiny"].download.isEnabled()
+    with qtbot.waitSignal(dialog.weights_changed, timeout=20000):
+        qtbot.mouseClick(dialog.rows["tiny"].download, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not dialog.is_busy(), timeout=20000)
+    assert dialog.progress.value() == dialog.progress.maximum() == 1000
+    assert dialog.rows["tiny"].status.text() == "present" and server.hits == ["/tiny.pth"]
