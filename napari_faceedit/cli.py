@@ -172,7 +172,10 @@ def cmd_gui(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .weights_cli import add_offline_argument
+
     parser = argparse.ArgumentParser(prog="faceedit", description="Semantic face editing (napari-faceedit).")
+    add_offline_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("backends", help="list backends, their tasks and devices, and plugins that failed to load")
@@ -214,15 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Subcommands owned by other core modules (weights, detect)."""
-    import importlib
+    from .face.cli import add_detect_command
+    from .weights_cli import add_weights_commands
 
-    found = []
-    for module, function in ((".weights_cli", "add_weights_commands"), (".face.cli", "add_detect_command")):
-        try:  # TRANSITIONAL: until both modules have landed
-            found.append(getattr(importlib.import_module(module, __package__), function))
-        except ModuleNotFoundError:
-            pass
-    return found
+    return [add_weights_commands, add_detect_command]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -232,6 +230,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         args, rest = parser.parse_known_args(argv)
         return cmd_train(args, rest)
     args = parser.parse_args(argv)
+    from .weights_cli import apply_offline
+
+    apply_offline(args)
     try:
         return int(args.func(args) or 0)
     except (ValueError, KeyError, LookupError, FileNotFoundError, RuntimeError) as exc:

@@ -49,6 +49,9 @@ class RunPanel(QWidget):
         self.device_combo = QComboBox()
         self.backend_info = QLabel()
         self.backend_info.setWordWrap(True)
+        self.weights_button = QPushButton("Get weights…")
+        self.weights_button.setToolTip("Download or import the checkpoint this backend needs (licence shown first)")
+        self.weights_button.clicked.connect(self.open_weights_dialog)
         self.run_button = QPushButton(run_text)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -71,6 +74,7 @@ class RunPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
         layout.addWidget(self.backend_info)
+        layout.addWidget(self.weights_button)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
@@ -115,6 +119,7 @@ class RunPanel(QWidget):
     def _on_backend_changed(self, *_):
         backend = self.backend()
         self.device_combo.clear()
+        self.weights_button.setVisible(backend is not None and not backend.ready()[0])
         if backend is None:
             self.backend_info.setText(f"No installed backend can do '{self.task.value}'.")
             self.run_button.setEnabled(False)
@@ -122,11 +127,23 @@ class RunPanel(QWidget):
         else:
             self.device_combo.addItems(backend.devices())
             ready, why = backend.ready()
+            if not ready:
+                from .weights_dialog import backend_readiness_text
+
+                why = backend_readiness_text(backend)
             text = backend.description + (f"\nLimits: {backend.limitations}" if backend.limitations else "")
             self.backend_info.setText(text if ready else f"{text}\nNot ready: {why}")
             self.run_button.setEnabled(ready and not self.running)
             self.run_button.setToolTip("" if ready else why)
         self.backend_changed.emit(backend)
+
+    def open_weights_dialog(self):
+        from .weights_dialog import WeightsDialog
+
+        dialog = WeightsDialog.for_backend(self.backend(), self)
+        dialog.weights_changed.connect(self.refresh_backends)
+        dialog.show()
+        return dialog
 
     # -- running ------------------------------------------------------------------------------
     def start(self) -> None:
