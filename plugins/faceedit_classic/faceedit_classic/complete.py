@@ -18,6 +18,8 @@ LARGE_HOLE_DEPTH = 6.0
 CONTEXT_MARGIN = 12
 # Mean grey-level difference between a hole's surroundings and their mirror above which mirroring is not used.
 MAX_MIRROR_ERROR = 35.0
+# Mirror only when at least this share of the hole has a known mirror pixel.
+MIN_MIRRORED_FRACTION = 0.6
 
 
 @dataclass(frozen=True)
@@ -212,9 +214,15 @@ class ClassicCompletion(Backend):
             self.check(cancelled)
             # Only trust the mirror when the surroundings of the hole really look like their mirror image.
             if error < MAX_MIRROR_ERROR:
-                work, mirrored = mirror_fill(image, hole, axis)
-                notes = (f"mirror fill across the face midline ({axis.source}, mirror error {error:.1f}) "
-                         "+ biharmonic inpainting")
+                filled, mirrored = mirror_fill(image, hole, axis)
+                # A hole on the midline (nose, mouth) mirrors onto itself: diffusion does better there.
+                if mirrored.sum() >= MIN_MIRRORED_FRACTION * hole.sum():
+                    work = filled
+                    notes = (f"mirror fill across the face midline ({axis.source}, mirror error {error:.1f}) "
+                             "+ biharmonic inpainting")
+                else:
+                    mirrored = np.zeros_like(hole)
+                    notes = "biharmonic inpainting (the hole lies on the face midline)"
             else:
                 notes = f"biharmonic inpainting (no trustworthy symmetry: mirror error {error:.1f})"
         self.check(cancelled)
