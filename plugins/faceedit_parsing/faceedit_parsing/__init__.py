@@ -1,0 +1,1 @@
+"""Face parsing for napari-faceedit: our compact parser and a BiSeNet re-implementation."""

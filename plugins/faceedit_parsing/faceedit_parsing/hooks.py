@@ -1,0 +1,22 @@
+from napari_faceedit.hookspecs import hookimpl
+
+
+@hookimpl
+def faceedit_backends():
+    from .backends import BiSeNetParser, CompactParserBackend
+
+    return [CompactParserBackend, BiSeNetParser]
+
+
+@hookimpl
+def faceedit_parity_models():
+    from .parity import BISENET_PARITY
+
+    return [BISENET_PARITY]
+
+
+@hookimpl
+def faceedit_trainers():
+    from .train import main
+
+    return {"parser": main}
