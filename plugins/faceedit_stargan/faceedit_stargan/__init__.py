@@ -1,0 +1,1 @@
+"""StarGAN for napari-faceedit: faithful generator/discriminator, trainer, attribute-editing backend."""
