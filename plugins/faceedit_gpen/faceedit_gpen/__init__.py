@@ -1,0 +1,1 @@
+"""GPEN blind face restoration and a compact learned restorer for napari-faceedit."""
