@@ -71,7 +71,7 @@ def _output_path(output: Path, image_path: Optional[Path], many: bool, suffix: s
     if many or output.is_dir() or (output.suffix == "" and not output.exists()):
         stem = image_path.stem if image_path is not None else "generated"
         return output / f"{stem}{suffix}.png"
-    return output
+    return output.with_name(f"{output.stem}{suffix}{output.suffix}") if suffix else output
 
 
 def _build_request(task: Task, args, image_path: Optional[Path]):
@@ -135,6 +135,10 @@ def cmd_run(args) -> int:
                 target = _output_path(output, image_path, many, "" if result.image is None else "_labels")
                 write_atomic(target, result.labels)
                 written.append(str(target))
+            for name, array in _image_extras(result.extras):
+                target = _output_path(output, image_path, many, f"_{name}")
+                write_atomic(target, array)
+                written.append(str(target))
             summary.append({"input": str(image_path) if image_path else None, "outputs": written,
                             "provenance": result.provenance.to_dict()})
         except Exception as exc:  # noqa: BLE001 - report, go on with the next file
@@ -144,6 +148,20 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return 1 if failed else 0
+
+
+def _image_extras(extras: dict):
+    """Image-like extras as (name, HxWx3 array); a stack of crops (N, S, S, 3) becomes one row."""
+    import numpy as np
+
+    for name, array in sorted(extras.items()):
+        array = np.asarray(array)
+        if array.dtype != np.uint8:
+            continue
+        if array.ndim == 4 and array.shape[-1] == 3:
+            array = np.concatenate(list(array), axis=1)
+        if array.ndim == 3 and array.shape[-1] == 3:
+            yield name, array
 
 
 def _cli_progress(quiet: bool):
@@ -226,9 +244,9 @@ def _extra_commands():
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv[:1] == ["train"]:
-        args, rest = parser.parse_known_args(argv)
-        return cmd_train(args, rest)
+    if argv[:1] == ["train"] and len(argv) >= 2 and not argv[1].startswith("-"):
+        # Everything after MODEL belongs to that trainer, --help included.
+        return cmd_train(argparse.Namespace(model=argv[1]), argv[2:])
     args = parser.parse_args(argv)
     from .weights_cli import apply_offline
 

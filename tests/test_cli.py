@@ -116,3 +116,27 @@ def test_console_script_is_installed(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "classic-restore" in done.stdout
+
+
+def test_train_passes_every_argument_to_the_trainer(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "parser", "--help"])
+    assert exit_info.value.code == 0
+    assert "--data" in capsys.readouterr().out
+    assert main(["train", "no-such-model"]) == 2
+
+
+def test_run_writes_image_extras_next_to_the_output(tmp_path, portrait):
+    from napari_faceedit.face.detect import WeightsMissing, detect_faces
+
+    try:
+        detect_faces(portrait)
+    except WeightsMissing:
+        pytest.skip("face detector weights (facenet-pytorch) not installed")
+    Image.fromarray(portrait).save(tmp_path / "astronaut.png")
+    out = tmp_path / "restored.png"
+    assert main(["run", "restore", "--input", str(tmp_path / "astronaut.png"), "--output", str(out),
+                 "--backend", "restore-compact", "--param", "return_crops=true", "--quiet"]) == 0
+    assert read_image(out).shape == portrait.shape
+    before, after = read_image(tmp_path / "restored_crops_before.png"), read_image(tmp_path / "restored_crops_after.png")
+    assert before.shape == after.shape and not np.array_equal(before, after)

@@ -217,3 +217,65 @@ def test_plugin_widgets_and_sample_are_contributed_through_npe2(make_napari_view
     for name in ("Face labels", "Complete region", "Attributes", "Text edit", "Restore"):
         _, widget = viewer.window.add_plugin_dock_widget("napari-faceedit", name)
         assert widget is not None
+
+
+def test_auto_parse_adds_named_labels_and_landmarks(make_napari_viewer, qtbot, portrait, fresh_registry):
+    from napari_faceedit.face.detect import WeightsMissing, detect_faces
+    from napari_faceedit.widgets.labels_widget import FaceLabelsWidget
+
+    try:
+        detect_faces(portrait[:8, :8])
+    except WeightsMissing:
+        pytest.skip("face detector weights (facenet-pytorch) not installed")
+    except Exception:  # noqa: BLE001 - a tiny image simply has no face
+        pass
+    fresh_registry()
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    widget = FaceLabelsWidget(viewer)
+    assert widget.parse_panel.run_button.isEnabled()
+    widget.parse_panel.select_backend("faceparse-compact")
+    widget.parse_panel.start()
+    wait_done(qtbot, widget.parse_panel)
+    assert widget.parse_panel.last_error is None
+    labels = viewer.layers["face · parse · faceparse-compact labels"]
+    assert list(labels.features["name"]) == list(vocab.CLASS_NAMES)
+    assert labels.data.shape == portrait.shape[:2]
+    points = viewer.layers["face · parse · faceparse-compact landmarks"]
+    assert len(points.data) == 5
+    # The parse puts eye labels at the detected eye landmarks, image-left eye first.
+    left_eye, right_eye = points.data[0], points.data[1]
+    assert left_eye[1] < right_eye[1]
+    for y, x in (left_eye, right_eye):
+        window = labels.data[int(y) - 6:int(y) + 7, int(x) - 6:int(x) + 7]
+        assert np.isin(window, [4, 5]).any()
+    assert (labels.data == vocab.CLASS_INDEX["hair"]).sum() > 2000
+    assert np.array_equal(viewer.layers["face"].data, portrait)
+
+
+def test_restore_widget_with_our_learned_default_and_crops(make_napari_viewer, qtbot, portrait, fresh_registry):
+    from napari_faceedit.face.detect import WeightsMissing, detect_faces
+
+    try:
+        detect_faces(portrait)
+    except WeightsMissing:
+        pytest.skip("face detector weights (facenet-pytorch) not installed")
+    from napari_faceedit.widgets.task_widgets import RestoreWidget
+
+    fresh_registry()
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    noisy = np.clip(portrait + rng.normal(0, 12, portrait.shape), 0, 255).astype(np.uint8)
+    viewer.add_image(noisy, name="noisy")
+    widget = RestoreWidget(viewer)
+    widget.panel.select_backend("restore-compact")
+    widget.return_crops.setChecked(True)
+    widget.panel.start()
+    wait_done(qtbot, widget.panel)
+    assert widget.panel.last_error is None
+    result = viewer.layers["noisy · restore · restore-compact"]
+    changed = np.any(result.data != noisy, axis=2)
+    assert changed[85:150, 195:255].mean() > 0.8  # the face (detected box x 179-269, y 58-175)
+    assert not changed[450:, :100].any()  # far background untouched
+    crops = [layer for layer in viewer.layers if "crops" in layer.name]
+    assert len(crops) == 2 and crops[0].data.ndim == 4

@@ -102,7 +102,22 @@ def add_result_layers(viewer, result: Result, source: InputInfo, task: str, back
         added.append(viewer.add_labels(np.asarray(result.labels).astype(np.uint8), **kwargs))
     for key, array in result.extras.items():
         array = np.asarray(array)
-        if array.ndim == 3 and array.shape[-1] in (3, 4) or array.ndim == 4:
-            added.append(viewer.add_image(array, name=f"{base} {key}", rgb=array.shape[-1] in (3, 4),
-                                          metadata={PROVENANCE_KEY: provenance}, visible=False))
+        meta = {PROVENANCE_KEY: provenance}
+        if key == "landmarks" and array.ndim == 3 and array.shape[-1] == 2:  # (faces, 5, x/y) -> napari (y, x)
+            points = array.reshape(-1, 2)[:, ::-1]
+            face = np.repeat(np.arange(len(array)), array.shape[1])
+            added.append(viewer.add_points(points, name=f"{base} landmarks", size=4, face_color="yellow",
+                                           features={"face": face}, scale=source.scale,
+                                           translate=source.translate, metadata=meta))
+        elif key == "boxes" and array.ndim == 2 and array.shape[1] == 4:  # (faces, x0 y0 x1 y1)
+            rectangles = [np.array([[y0, x0], [y1, x1]]) for x0, y0, x1, y1 in array]
+            added.append(viewer.add_shapes(rectangles, shape_type="rectangle", name=f"{base} faces",
+                                           edge_color="yellow", face_color="transparent", edge_width=2,
+                                           scale=source.scale, translate=source.translate, metadata=meta))
+        elif array.dtype == np.uint8 and array.ndim in (3, 4) and array.shape[-1] == 3:
+            # Crops (N, S, S, 3) or another photo; an upscaled photo is shown over the input at its size.
+            factor = array.shape[0] / result.image.shape[0] if (array.ndim == 3 and result.image is not None) else 1.0
+            scale = tuple(s / factor for s in source.scale) if array.ndim == 3 else None
+            added.append(viewer.add_image(array, name=f"{base} {key}", rgb=True, metadata=meta, visible=False,
+                                          **({"scale": scale, "translate": source.translate} if scale else {})))
     return added

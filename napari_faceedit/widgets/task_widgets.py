@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qtpy.QtWidgets import (
-    QFormLayout, QLabel, QPlainTextEdit, QSlider, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QFormLayout, QLabel, QPlainTextEdit, QSlider, QSpinBox, QVBoxLayout, QWidget,
 )
 from qtpy.QtCore import Qt
 
@@ -135,7 +135,10 @@ class RestoreWidget(_TaskWidget):
 
     def build_inputs(self):
         self.form.addRow("Face", self.face_index)
+        self.return_crops = QCheckBox("also add the aligned face crops (before / after)")
+        self.form.addRow(self.return_crops)
 
     def make_request(self, device):
         layer, image = self.source_image()
-        return RestoreRequest(image=image, **self.common(device)), InputInfo.of(layer)
+        params = {"return_crops": True} if self.return_crops.isChecked() else {}
+        return RestoreRequest(image=image, params=params, **self.common(device)), InputInfo.of(layer)
