@@ -235,6 +235,11 @@ def ids() -> list[str]:
     return list(load_registry())
 
 
+def bundled_path(file_name: str) -> Path:
+    """One of our own small trained models, shipped in ``resources/models`` with the core package."""
+    return Path(__file__).resolve().parent / "resources" / "models" / file_name
+
+
 def entry(weights_id: str) -> WeightsEntry:
     """The registry entry of ``weights_id`` (licence, urls, size, config, ...)."""
     registry = load_registry()

@@ -16,7 +16,6 @@ grayscale photo stays grayscale. ``params``:
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 from typing import Callable, ClassVar, Optional
 
@@ -45,18 +44,11 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def compact_weights_path() -> Path:
-    """``resources/models/restore_compact.pt`` of the checkout this package lives in."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "resources" / "models" / COMPACT_FILE
-        if candidate.exists():
-            return candidate
-    return here.parents[3] / "resources" / "models" / COMPACT_FILE
+    """``resources/models/restore_compact.pt`` shipped with the core package."""
+    from napari_faceedit.weights import bundled_path
+
+    return bundled_path(COMPACT_FILE)
 
 
 def match_mean_colour(restored: np.ndarray, reference: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -319,16 +311,9 @@ def load_compact(path: str | None = None, device: str = "cpu"):
     if not path.exists():
         raise RuntimeError(f"embedded weights '{COMPACT_FILE}' are missing (expected at {path})")
     model = CompactRestorer()
-    try:
-        from napari_faceedit import weights
-    except ImportError:
-        weights = None
-    if weights is not None and hasattr(weights, "load_state_dict"):
-        sha = weights.load_state_dict(path, model)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        sha = file_sha256(path)
+    from napari_faceedit import weights
+
+    sha = weights.load_state_dict(path, model)
     return model.float().eval().to(torch.device(device)), sha
 
 

@@ -8,7 +8,6 @@ installed) and the image looks like a face crop, the whole image is parsed.
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -24,32 +23,17 @@ CROP_ASPECT_RANGE = (0.8, 1.25)  # same rule as napari_faceedit.face.pipeline
 
 
 def compact_weights_path() -> Path:
-    """``resources/models/faceparse_compact.pt`` of the checkout this package lives in."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "resources" / "models" / COMPACT_FILE
-        if candidate.exists():
-            return candidate
-    return here.parents[3] / "resources" / "models" / COMPACT_FILE
+    """``resources/models/faceparse_compact.pt`` shipped with the core package."""
+    from napari_faceedit.weights import bundled_path
 
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return bundled_path(COMPACT_FILE)
 
 
 def load_state_dict_into(path_or_id, model) -> str:
-    """Load through the weights manager when it exists (verification, wrapper handling), else directly."""
-    try:
-        from napari_faceedit import weights
-    except ImportError:
-        weights = None
-    if weights is not None and hasattr(weights, "load_state_dict"):
-        return weights.load_state_dict(path_or_id, model)
-    import torch
+    """Verified, strict load through the weights manager; returns the file's sha256."""
+    from napari_faceedit import weights
 
-    state = torch.load(Path(path_or_id), map_location="cpu", weights_only=True)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
-    return file_sha256(Path(path_or_id))
+    return weights.load_state_dict(path_or_id, model)
 
 
 @functools.lru_cache(maxsize=2)

@@ -51,13 +51,10 @@ class AttributeClassifier(nn.Module):
 
 
 def default_classifier_path() -> Path:
-    """resources/models/celeba_attr_classifier.pt of the repository checkout (None-safe: may not exist)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "resources" / "models" / CLASSIFIER_FILE
-        if candidate.exists():
-            return candidate
-    return here.parents[3] / "resources" / "models" / CLASSIFIER_FILE
+    """resources/models/celeba_attr_classifier.pt, shipped with the core package (may be absent)."""
+    from napari_faceedit.weights import bundled_path
+
+    return bundled_path(CLASSIFIER_FILE)
 
 
 def load_classifier(path: Path | None = None) -> AttributeClassifier | None:
