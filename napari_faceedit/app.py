@@ -25,16 +25,28 @@ def launch(screenshot: Optional[Path] = None, sample: bool = True) -> int:
 
     viewer, docked = open_viewer(sample=sample)
     if screenshot is not None:
-        from qtpy.QtWidgets import QApplication
-
-        labels_widget = docked[0]
-        labels_widget.new_labels_layer()
-        labels_widget.select_class(13)
-        viewer.window._qt_window.resize(1500, 950)
-        for _ in range(20):
-            QApplication.processEvents()
-        viewer.screenshot(str(screenshot), canvas_only=False)
+        _screenshot(viewer, docked, screenshot)
         viewer.close()
         return 0
     napari.run()
     return 0
+
+
+def _screenshot(viewer, docked, path: Path) -> None:
+    """Auto-parse the sample face, show the Face labels widget, and save the whole window."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    labels_widget = docked[0]
+    labels_widget.parse_panel.start()
+    deadline = time.monotonic() + 300
+    while (labels_widget.parse_panel.worker is None or labels_widget.parse_panel.running) and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    labels_widget.select_class(13)
+    labels_widget.parent().raise_()  # bring the Face labels tab to the front
+    viewer.window._qt_window.resize(1500, 950)
+    for _ in range(30):
+        QApplication.processEvents()
+    viewer.screenshot(str(path), canvas_only=False)
