@@ -140,3 +140,15 @@ def test_run_writes_image_extras_next_to_the_output(tmp_path, portrait):
     assert read_image(out).shape == portrait.shape
     before, after = read_image(tmp_path / "restored_crops_before.png"), read_image(tmp_path / "restored_crops_after.png")
     assert before.shape == after.shape and not np.array_equal(before, after)
+
+
+def test_npe2_manifest_validates():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-faceedit")
+    assert manifest.name == "napari-faceedit"
+    assert {w.display_name for w in manifest.contributions.widgets} == {
+        "Face labels", "Complete region", "Attributes", "Text edit", "Restore"}
+    done = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-faceedit"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -279,3 +279,55 @@ def test_restore_widget_with_our_learned_default_and_crops(make_napari_viewer, q
     assert not changed[450:, :100].any()  # far background untouched
     crops = [layer for layer in viewer.layers if "crops" in layer.name]
     assert len(crops) == 2 and crops[0].data.ndim == 4
+
+
+def test_attributes_widget_edits_a_face_with_an_official_layout_stargan(make_napari_viewer, qtbot, portrait,
+                                                                         fresh_registry, tmp_path):
+    """A checkpoint in the official StarGAN 256 layout (random weights; that entry has no published hash,
+    so it is pinned on first use) in the user's weights folder: the backend becomes ready in the
+    picker, and hair colour + gender + strength edit only the face."""
+    torch = pytest.importorskip("torch")
+    from napari_faceedit import weights
+    from napari_faceedit.face.detect import WeightsMissing, detect_faces
+
+    try:
+        detect_faces(portrait)
+    except WeightsMissing:
+        pytest.skip("face detector weights (facenet-pytorch) not installed")
+    from faceedit_stargan.backend import StarGAN256Backend
+    from faceedit_stargan.model import Generator
+    from napari_faceedit.widgets.task_widgets import AttributesWidget
+
+    torch.manual_seed(0)
+    folder = tmp_path / "mine" / "stargan-celeba-256"
+    folder.mkdir(parents=True)
+    torch.save(Generator(64, 5, 6).state_dict(), folder / "200000-G.ckpt")
+    weights.set_cache_dir(tmp_path / "cache")
+    weights.set_weights_dir(tmp_path / "mine")
+    weights.set_offline(True)
+    StarGAN256Backend._generators.clear()
+    try:
+        fresh_registry()
+        viewer = make_napari_viewer()
+        viewer.add_image(portrait, name="face")
+        widget = AttributesWidget(viewer)
+        widget.panel.select_backend("stargan-256")
+        assert widget.panel.run_button.isEnabled() and not widget.panel.weights_button.isVisible()
+        assert set(widget.attributes.combos) == {"Male", "Young"}
+        widget.attributes.set_value("Blond_Hair", True)
+        widget.attributes.set_value("Male", True)
+        widget.strength.setValue(50)
+        widget.panel.start()
+        wait_done(qtbot, widget.panel)
+        assert widget.panel.last_error is None
+        result = viewer.layers["face · edit-attributes · stargan-256"]
+        provenance = result.metadata[PROVENANCE_KEY]
+        assert provenance["weights_id"] == "stargan-celeba-256"
+        assert provenance["parameters"]["strength"] == 0.5
+        assert provenance["parameters"]["attributes"]["Blond_Hair"] == 1.0
+        changed = np.any(result.data != portrait, axis=2)
+        assert changed[85:150, 195:255].mean() > 0.8  # the face (detected box x 179-269, y 58-175)
+        assert not changed[350:, :].any() and not changed[:, 400:].any()  # the rest of the photo
+    finally:
+        StarGAN256Backend._generators.clear()
+        weights.reset_settings()
