@@ -151,6 +151,18 @@ def use_registry(tmp_path, monkeypatch, entries) -> Path:
     return registry
 
 
+def serve_tiny_registry(tmp_path, monkeypatch, server, tiny, license: str, **more_entries):
+    """A registry whose entry 'tiny' (published hash, given licence) downloads from the local server."""
+    _, data, digest, source = tiny
+    url = server.serve("/tiny.pth", data)
+    use_registry(tmp_path, monkeypatch, {
+        "tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest, "hash_published": True,
+                 "size": len(data), "license": license},
+        **more_entries,
+    })
+    return data, digest, source
+
+
 # -- the real registry ---------------------------------------------------------------------------------
 REQUIRED_IDS = ["stargan-celeba-128", "stargan-celeba-256", "gpen-bfr-256", "gpen-bfr-512", "gpen-bfr-1024",
                 "bisenet-79999", "clip-vit-b32", "tedigan-ffhq256-generator", "tedigan-ffhq256-encoder"]

@@ -8,7 +8,7 @@ import pytest
 
 from napari_faceedit import weights
 from napari_faceedit.weights_cli import add_weights_commands, apply_offline
-from test_weights import isolated, leftovers, server, sha, tiny, use_registry  # noqa: F401 - fixtures
+from test_weights import serve_tiny_registry, isolated, leftovers, server, sha, tiny, use_registry  # noqa: F401 - fixtures
 
 
 def run(argv, capsys):
@@ -24,14 +24,7 @@ def run(argv, capsys):
 
 @pytest.fixture
 def registry(tmp_path, isolated, monkeypatch, server, tiny):  # noqa: F811
-    _, data, digest, source = tiny
-    url = server.serve("/tiny.pth", data)
-    use_registry(tmp_path, monkeypatch, {
-        "tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest, "hash_published": True,
-                 "size": len(data), "license": "tiny licence"},
-        "tofu": {"file_name": "tofu.pth", "backend": "other"},
-    })
-    return data, digest, source
+    return serve_tiny_registry(tmp_path, monkeypatch, server, tiny, "tiny licence", tofu={"file_name": "tofu.pth", "backend": "other"})
 
 
 def test_list_json_and_text(registry, capsys):

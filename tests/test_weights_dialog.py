@@ -10,7 +10,7 @@ from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QFileDialog  # noqa: E402
 
 from napari_faceedit.widgets.weights_dialog import WeightsDialog, backend_readiness_text  # noqa: E402
-from test_weights import isolated, server, sha, tiny, use_registry  # noqa: E402,F401 - fixtures
+from test_weights import serve_tiny_registry, isolated, server, sha, tiny, use_registry  # noqa: E402,F401 - fixtures
 
 
 class NeedsTiny:
@@ -20,13 +20,7 @@ class NeedsTiny:
 
 @pytest.fixture
 def registry(tmp_path, isolated, monkeypatch, server, tiny):  # noqa: F811
-    _, data, digest, source = tiny
-    url = server.serve("/tiny.pth", data)
-    use_registry(tmp_path, monkeypatch, {
-        "tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest, "hash_published": True,
-                 "size": len(data), "license": "Tiny Licence: research only"},
-    })
-    return data, digest, source
+    return serve_tiny_registry(tmp_path, monkeypatch, server, tiny, "Tiny Licence: research only")
 
 
 def test_dialog_imports_a_file(qtbot, registry, monkeypatch, isolated):  # noqa: F811
