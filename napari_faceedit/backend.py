@@ -31,6 +31,8 @@ class Backend:
     supported_attributes: ClassVar[tuple[str, ...]] = ()
     # Ids in the weights registry that must be present before the backend can run.
     weights: ClassVar[tuple[str, ...]] = ()
+    # Our own small models shipped in resources/models (file names; see weights.bundled_path).
+    bundled: ClassVar[tuple[str, ...]] = ()
     # Higher wins when the CLI picks "the best available backend" for a task.
     priority: ClassVar[int] = 0
     uses_torch: ClassVar[bool] = False
@@ -53,10 +55,25 @@ class Backend:
 
     @classmethod
     def ready(cls) -> tuple[bool, str]:
-        absent = cls.missing_weights()
-        if absent:
-            return False, "needs weights: " + ", ".join(absent) + " (faceedit weights download ID)"
-        return True, "ready"
+        """(ready, why not): names each missing or corrupt file and how to get it."""
+        if not (cls.weights or cls.bundled):
+            return True, "ready"
+        from . import weights
+
+        problems = [f"embedded model {weights.bundled_path(name)} is missing (reinstall napari-faceedit)"
+                    for name in cls.bundled if not weights.bundled_path(name).is_file()]
+        for weights_id in cls.weights:
+            try:
+                found = weights.check(weights_id)
+            except weights.UnknownWeightsError as error:
+                problems.append(str(error))
+                continue
+            if found.state == weights.CORRUPT:
+                problems.append(f"weights '{weights_id}' are corrupt: {found.message}; "
+                                f"run faceedit weights download {weights_id} --force, or import a good copy")
+            elif found.state != weights.PRESENT:
+                problems.append(found.message)
+        return (False, "; ".join(problems)) if problems else (True, "ready")
 
     @staticmethod
     def check(cancelled: Optional[CancelledCallback]) -> None:

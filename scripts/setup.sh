@@ -25,7 +25,10 @@ $py -c "import torch" 2>/dev/null || $py -m pip install -q torch==2.13.0
 # The detector's MTCNN weights ship inside facenet-pytorch; its own pins (numpy<2, torchvision) don't
 # fit, and we never import it, so it is installed without dependencies.
 $py -m pip install -q --no-deps "facenet-pytorch==2.6.0"
-$py -m pip install -q "napari>=0.9,<0.10" PySide6-Essentials \
+# PySide6 6.12.0 drops a reference to None each time a napari viewer closes (about 5,000 per viewer):
+# after a dozen viewers the interpreter aborts with "none_dealloc". 6.11.3 does not
+# (tests/test_qt_binding.py checks it).
+$py -m pip install -q "napari>=0.9,<0.10" "PySide6-Essentials==6.11.3" \
   -e ".[testing]" \
   -e plugins/faceedit_classic -e plugins/faceedit_parsing -e plugins/faceedit_stargan -e plugins/faceedit_gpen
 

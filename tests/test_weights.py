@@ -621,3 +621,33 @@ def test_torchscript_archive_needs_registry_permission(tmp_path, isolated, monke
     target = _fresh()
     assert weights.load_state_dict("clip", target) == digest
     assert torch.equal(target.head.weight, module.head.weight)
+
+
+def test_backend_readiness_names_missing_corrupt_and_bundled_files(tmp_path, monkeypatch, isolated, server, tiny):
+    from napari_faceedit.backend import Backend
+
+    data, _, _ = serve_tiny_registry(tmp_path, monkeypatch, server, tiny, "research only")
+
+    class NeedsTiny(Backend):
+        name = "needs-tiny"
+        weights = ("tiny",)
+
+    class ShipsModel(Backend):
+        name = "ships-model"
+        bundled = ("faceparse_compact.pt",)
+
+    class LostModel(Backend):
+        name = "lost-model"
+        bundled = ("no_such_model.pt",)
+
+    ok, why = NeedsTiny.ready()
+    assert not ok and "'tiny'" in why and "faceedit weights download tiny" in why and "missing" in why
+    (isolated / "tiny").mkdir(parents=True)
+    (isolated / "tiny" / "tiny.pth").write_bytes(data[:-10] + b"0123456789")  # same size, wrong bytes
+    ok, why = NeedsTiny.ready()
+    assert not ok and "corrupt" in why and "sha256 mismatch" in why and "--force" in why
+    (isolated / "tiny" / "tiny.pth").write_bytes(data)
+    assert NeedsTiny.ready() == (True, "ready")
+    assert ShipsModel.ready() == (True, "ready")
+    ok, why = LostModel.ready()
+    assert not ok and "no_such_model.pt" in why and "reinstall" in why

@@ -257,13 +257,6 @@ class GPENBackend(FaceRestorationBackend):
     def __init__(self, model=None):
         self._injected = model
 
-    @classmethod
-    def ready(cls) -> tuple[bool, str]:
-        try:
-            return super().ready()
-        except ImportError:
-            return False, f"needs weights: {', '.join(cls.weights)} (the weights manager is not installed)"
-
     def crop_size_for(self, photo, landmarks) -> int:
         return int(self._injected.size) if self._injected is not None else self.size
 
@@ -332,17 +325,12 @@ class CompactRestoration(FaceRestorationBackend):
                    "downsampling, noise and JPEG; embedded, no download. Restores each detected face.")
     limitations = ("Small network trained on low-resolution CelebA faces: removes noise, blocking and mild blur "
                    "but cannot invent fine detail like GPEN. Faces far from frontal are restored less well.")
+    bundled = (COMPACT_FILE,)
     min_crop = 96
     max_crop = 1024  # bigger faces would lose detail when the crop is pasted back enlarged
 
     def __init__(self, model=None):
         self._injected = model
-
-    @classmethod
-    def ready(cls) -> tuple[bool, str]:
-        if not compact_weights_path().exists():
-            return False, f"missing embedded weights {compact_weights_path()}"
-        return True, "ready"
 
     def crop_size_for(self, photo, landmarks) -> int:
         from napari_faceedit.face.align import similarity_transform, template_points

@@ -133,6 +133,7 @@ def parse_photo(
 class CompactParserBackend(Backend):
     name = "faceparse-compact"
     version = "1"
+    bundled = (COMPACT_FILE,)
     tasks = frozenset({Task.PARSE})
     description = ("Our compact face parser (0.6 M parameters, MobileNetV2-style U-Net) trained on CelebAMask-HQ "
                    "pairs; embedded, no download. 19 CelebAMask-HQ classes.")
@@ -141,12 +142,6 @@ class CompactParserBackend(Backend):
     priority = 50
     uses_torch = True
     template = "celebamask"
-
-    @classmethod
-    def ready(cls) -> tuple[bool, str]:
-        if not compact_weights_path().exists():
-            return False, f"missing embedded weights {compact_weights_path()}"
-        return True, "ready"
 
     def run(self, request: ParseRequest, progress, cancelled) -> Result:
         from .compact import INPUT_SIZE, predict

@@ -111,15 +111,6 @@ class StarGANBackend(Backend):
         backend.ready = lambda: (True, "ready (generator supplied by the caller)")  # type: ignore[method-assign]
         return backend
 
-    @classmethod
-    def ready(cls) -> tuple[bool, str]:
-        absent = cls.missing_weights()
-        if not absent:
-            return True, "ready"
-        from napari_faceedit import weights
-
-        return False, "; ".join(weights.how_to_get(weights_id) for weights_id in absent)
-
     def _generator(self):
         """(generator, weights id, sha256)."""
         if self._model is not None:
