@@ -21,29 +21,38 @@ class Task(str, enum.Enum):
     RESTORE = "restore"
 
 
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Pixel values as a fresh uint8 array, any shape: floats in [0, 1] are scaled by 255 (floats
+    beyond 1 and integers are taken as 0..255 and clipped)."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype == np.uint8:
+        return pixels.copy()
+    if not np.issubdtype(pixels.dtype, np.number) or np.issubdtype(pixels.dtype, np.complexfloating):
+        raise ValueError(f"unsupported image dtype {pixels.dtype}")
+    data = pixels.astype(np.float64)
+    if not np.isfinite(data).all():
+        raise ValueError("image contains NaN or infinite values")
+    scale = 255.0 if data.max(initial=0) <= 1.0 and np.issubdtype(pixels.dtype, np.floating) else 1.0
+    return np.clip(np.rint(data * scale), 0, 255).astype(np.uint8)
+
+
+def as_rgb_uint8(image: np.ndarray, min_size: int = 8) -> np.ndarray:
     """Validate an image and return a fresh (H, W, 3) uint8 copy.
 
-    Accepts uint8, floats in [0, 1] (or [0, 255] when the maximum exceeds 1), grayscale (H, W)
-    and RGBA (alpha dropped).
+    Accepts uint8, floats in [0, 1] (or [0, 255] when the maximum exceeds 1), grayscale (H, W) or
+    (H, W, 1) and RGBA (alpha dropped).
     """
     image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {image.shape}")
     image = image[..., :3]
-    if image.shape[0] < 8 or image.shape[1] < 8:
+    if image.shape[0] < min_size or image.shape[1] < min_size:
         raise ValueError(f"image is too small ({image.shape[1]}x{image.shape[0]} px)")
-    if image.dtype == np.uint8:
-        return image.copy()
-    if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
-        raise ValueError(f"unsupported image dtype {image.dtype}")
-    data = image.astype(np.float64)
-    if not np.isfinite(data).all():
-        raise ValueError("image contains NaN or infinite values")
-    scale = 255.0 if data.max() <= 1.0 and np.issubdtype(image.dtype, np.floating) else 1.0
-    return np.clip(np.rint(data * scale), 0, 255).astype(np.uint8)
+    return to_uint8(image)
 
 
 def as_mask(mask: np.ndarray, shape: tuple[int, int], what: str = "mask") -> np.ndarray:

@@ -22,6 +22,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from ..tasks import to_uint8
+
 # name -> (reference size in px, 5x2 points (x, y) at that size)
 _TEMPLATES: dict[str, tuple[int, np.ndarray]] = {
     # The standard 512 px FFHQ 5-point template used by GPEN-style restorers.
@@ -145,12 +147,7 @@ def _as_uint8_photo(photo: np.ndarray) -> np.ndarray:
         photo = photo[..., 0]
     if not (photo.ndim == 2 or (photo.ndim == 3 and photo.shape[2] in (3, 4))):
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {photo.shape}")
-    if photo.dtype != np.uint8:
-        data = photo.astype(np.float64)
-        if np.issubdtype(photo.dtype, np.floating) and data.max(initial=0) <= 1.0:
-            data = data * 255.0
-        photo = np.clip(np.rint(data), 0, 255).astype(np.uint8)
-    return photo
+    return photo if photo.dtype == np.uint8 else to_uint8(photo)
 
 
 def _footprint_box(inverse: np.ndarray, size: int, margin: int = 2) -> tuple[int, int, int, int]:

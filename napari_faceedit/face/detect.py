@@ -37,6 +37,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from ..tasks import as_rgb_uint8
+
 WEIGHTS_PACKAGE = "facenet-pytorch"
 WEIGHTS_INSTALL = "pip install --no-deps facenet-pytorch==2.6.0"
 DEFAULT_MIN_SCORE = 0.85  # MTCNN itself keeps >= 0.7; real faces in our test photos score >= 0.88
@@ -104,7 +106,7 @@ def detect_faces(
     ``options`` go to the detector (MTCNN: ``min_face_size``, ``min_face_fraction``, ``max_side``,
     ``device``). Raises :class:`WeightsMissing` when the weights package is not installed.
     """
-    rgb = _as_rgb_uint8(image)
+    rgb = as_rgb_uint8(image, min_size=1)
     faces = get_detector(detector, **options).detect(rgb)
     faces = [f for f in faces if f.score >= min_score]
     faces.sort(key=lambda f: f.area, reverse=True)
@@ -125,23 +127,6 @@ def faces_to_json(faces: Sequence[DetectedFace]) -> list[dict]:
 
 def faces_from_json(records: Sequence[dict]) -> list[DetectedFace]:
     return [DetectedFace(r["box"], r["score"], r["landmarks"]) for r in records]
-
-
-def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {image.shape}")
-    image = image[..., :3]
-    if image.dtype != np.uint8:
-        data = image.astype(np.float64)
-        if np.issubdtype(image.dtype, np.floating) and data.max(initial=0) <= 1.0:
-            data = data * 255.0
-        image = np.clip(np.rint(data), 0, 255).astype(np.uint8)
-    return image
 
 
 # ----------------------------------------------------------------------------------------------

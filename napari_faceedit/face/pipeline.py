@@ -12,8 +12,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ..tasks import as_rgb_uint8
 from .align import align_face, paste_back, template_points
-from .detect import DEFAULT_MIN_SCORE, DetectedFace, _as_rgb_uint8, detect_faces
+from .detect import DEFAULT_MIN_SCORE, DetectedFace, detect_faces
 
 ASSUMED_CROP_MAX_SIDE = 1024
 ASSUMED_CROP_ASPECT = (0.8, 1.25)
@@ -95,7 +96,7 @@ def for_each_face(
     """
     from ..backend import RunCancelled
 
-    photo = _as_rgb_uint8(image).copy()
+    photo = as_rgb_uint8(image, min_size=1)
     steps_per_face = 2
     if progress is not None:
         progress(0, 1, "detecting faces")
@@ -114,7 +115,7 @@ def for_each_face(
         crop = np.asarray(process_crop(aligned.crop))
         if crop.shape[:2] != (size, size):
             raise ValueError(f"process_crop returned shape {crop.shape}, expected ({size}, {size}, 3)")
-        crop = _as_rgb_uint8(crop)
+        crop = as_rgb_uint8(crop, min_size=1)
         if cancelled is not None and cancelled():
             raise RunCancelled()
         if progress is not None:
