@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -152,3 +153,9 @@ def test_npe2_manifest_validates():
     done = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-faceedit"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+    listed = subprocess.run([sys.executable, "-m", "npe2", "list", "--format", "json"], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert listed.returncode == 0, listed.stderr
+    plugins = {entry["name"]: entry for entry in json.loads(listed.stdout)}
+    assert plugins["napari-faceedit"]["npe2"] is True
+    assert plugins["napari-faceedit"]["contributions"]["widgets"] == 5
