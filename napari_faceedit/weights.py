@@ -240,6 +240,16 @@ def bundled_path(file_name: str) -> Path:
     return Path(__file__).resolve().parent / "resources" / "models" / file_name
 
 
+def load_bundled(file_name: str, model, path: Optional[os.PathLike | str] = None) -> str:
+    """Strictly load one of our shipped models (``path``: another file of the same network, e.g. a
+    fresh training export) into ``model``; return the file's sha256."""
+    file = Path(path) if path else bundled_path(file_name)
+    if not file.is_file():
+        raise WeightsMissingError(f"embedded model '{file_name}' is missing: {file} "
+                                  "(it ships with napari-faceedit; reinstall the package)")
+    return load_state_dict(file, model)
+
+
 def entry(weights_id: str) -> WeightsEntry:
     """The registry entry of ``weights_id`` (licence, urls, size, config, ...)."""
     registry = load_registry()

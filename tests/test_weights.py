@@ -651,3 +651,15 @@ def test_backend_readiness_names_missing_corrupt_and_bundled_files(tmp_path, mon
     assert ShipsModel.ready() == (True, "ready")
     ok, why = LostModel.ready()
     assert not ok and "no_such_model.pt" in why and "reinstall" in why
+
+
+def test_bundled_models_load_strictly_and_a_missing_one_is_named(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    fresh = tmp_path / "tiny_export.pt"
+    torch.save(model.state_dict(), fresh)
+    other = TinyNet()
+    assert weights.load_bundled("tiny_export.pt", other, fresh) == sha(fresh.read_bytes())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    with pytest.raises(weights.WeightsMissingError, match="embedded model 'no_such_model.pt' is missing.*reinstall"):
+        weights.load_bundled("no_such_model.pt", TinyNet())

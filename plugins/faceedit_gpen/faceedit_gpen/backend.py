@@ -296,18 +296,13 @@ class GPEN1024(GPENBackend):
 @functools.lru_cache(maxsize=2)
 def load_compact(path: str | None = None, device: str = "cpu"):
     """(CompactRestorer in eval mode, sha256); cached per file and device."""
-    import torch
+    from napari_faceedit import weights
 
     from .restore_net import CompactRestorer
 
-    path = Path(path) if path else compact_weights_path()
-    if not path.exists():
-        raise RuntimeError(f"embedded weights '{COMPACT_FILE}' are missing (expected at {path})")
     model = CompactRestorer()
-    from napari_faceedit import weights
-
-    sha = weights.load_state_dict(path, model)
-    return model.float().eval().to(torch.device(device)), sha
+    sha = weights.load_bundled(COMPACT_FILE, model, path)
+    return model.float().eval().to(device), sha
 
 
 class CompactRestoration(FaceRestorationBackend):

@@ -39,13 +39,12 @@ def load_state_dict_into(path_or_id, model) -> str:
 @functools.lru_cache(maxsize=2)
 def load_compact(path: str | None = None, device: str = "cpu"):
     """(model in eval mode, sha256). Cached: one load per process and file."""
+    from napari_faceedit import weights
+
     from .compact import CompactParser
 
-    path = Path(path) if path else compact_weights_path()
-    if not path.exists():
-        raise FileNotFoundError(f"our compact parser's weights are missing: {path} (they ship with the repository)")
     model = CompactParser()
-    sha = load_state_dict_into(path, model)
+    sha = weights.load_bundled(COMPACT_FILE, model, path)
     return model.float().to(device).eval(), sha
 
 
