@@ -9,11 +9,12 @@ pytest.importorskip("pytestqt")
 from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QFileDialog  # noqa: E402
 
-from napari_faceedit.widgets.weights_dialog import WeightsDialog, backend_readiness_text  # noqa: E402
+from napari_faceedit.backend import Backend  # noqa: E402
+from napari_faceedit.widgets.weights_dialog import WeightsDialog  # noqa: E402
 from test_weights import serve_tiny_registry, isolated, server, sha, tiny, use_registry  # noqa: E402,F401 - fixtures
 
 
-class NeedsTiny:
+class NeedsTiny(Backend):
     name = "needs-tiny"
     weights = ("tiny",)
 
@@ -25,7 +26,8 @@ def registry(tmp_path, isolated, monkeypatch, server, tiny):  # noqa: F811
 
 def test_dialog_imports_a_file(qtbot, registry, monkeypatch, isolated):  # noqa: F811
     data, digest, source = registry
-    assert backend_readiness_text(NeedsTiny).startswith("needs weights: tiny (missing")
+    ready, why = NeedsTiny.ready()
+    assert not ready and why.startswith("weights 'tiny' (tiny.pth") and "are missing" in why
     dialog = WeightsDialog.for_backend(NeedsTiny)
     qtbot.addWidget(dialog)
     row = dialog.rows["tiny"]
@@ -37,7 +39,7 @@ def test_dialog_imports_a_file(qtbot, registry, monkeypatch, isolated):  # noqa:
     qtbot.waitUntil(lambda: not dialog.is_busy(), timeout=20000)
     assert row.status.text() == "present" and not row.download.isEnabled()
     assert (isolated / "tiny" / "tiny.pth").read_bytes() == data
-    assert backend_readiness_text(NeedsTiny) == "ready"
+    assert NeedsTiny.ready() == (True, "ready")
 
 
 def test_dialog_shows_a_bad_import(qtbot, registry, tmp_path, isolated):  # noqa: F811

@@ -119,18 +119,14 @@ class RunPanel(QWidget):
     def _on_backend_changed(self, *_):
         backend = self.backend()
         self.device_combo.clear()
-        self.weights_button.setVisible(backend is not None and not backend.ready()[0])
+        ready, why = backend.ready() if backend is not None else (False, "")
+        self.weights_button.setVisible(backend is not None and not ready)
         if backend is None:
             self.backend_info.setText(f"No installed backend can do '{self.task.value}'.")
             self.run_button.setEnabled(False)
             self.run_button.setToolTip(f"Install a backend plugin that supports '{self.task.value}'.")
         else:
             self.device_combo.addItems(backend.devices())
-            ready, why = backend.ready()
-            if not ready:
-                from .weights_dialog import backend_readiness_text
-
-                why = backend_readiness_text(backend)
             text = backend.description + (f"\nLimits: {backend.limitations}" if backend.limitations else "")
             self.backend_info.setText(text if ready else f"{text}\nNot ready: {why}")
             self.run_button.setEnabled(ready and not self.running)

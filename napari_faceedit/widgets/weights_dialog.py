@@ -31,27 +31,6 @@ _STATE_TEXT = {
 }
 
 
-def backend_readiness_text(backend_cls) -> str:
-    """One line for the backend picker: "ready" or which weights are missing and how big they are."""
-    required = tuple(getattr(backend_cls, "weights", ()) or ())
-    if not required:
-        return "ready (needs no weights)"
-    problems = []
-    for weights_id in required:
-        try:
-            found = weights.check(weights_id)
-            item = weights.entry(weights_id)
-        except weights.WeightsError as exc:
-            problems.append(f"{weights_id} ({exc})")
-            continue
-        if found.state != weights.PRESENT:
-            how = "download" if item.urls else "import by hand"
-            problems.append(f"{weights_id} ({_STATE_TEXT[found.state]}, {item.size_text()}, {how})")
-    if not problems:
-        return "ready"
-    return "needs weights: " + "; ".join(problems)
-
-
 class _Job(QThread):
     """Runs ``work(progress, cancelled)`` off the GUI thread and reports through signals."""
 
