@@ -18,8 +18,6 @@ from napari_faceedit.tasks import ParseRequest, Provenance, Result, Task
 from napari_faceedit.vocab import BISENET_TO_CELEBAMASK
 
 COMPACT_FILE = "faceparse_compact.pt"
-# Images with an aspect ratio in this range are treated as face crops when no face is detected.
-CROP_ASPECT_RANGE = (0.8, 1.25)  # same rule as napari_faceedit.face.pipeline
 
 
 def compact_weights_path() -> Path:
@@ -58,8 +56,11 @@ def load_bisenet(device: str = "cpu"):
 
 
 def looks_like_face_crop(image: np.ndarray) -> bool:
+    """Treated as a face crop when no face is detected: the face pipeline's aspect rule."""
+    from napari_faceedit.face.pipeline import ASSUMED_CROP_ASPECT
+
     h, w = image.shape[:2]
-    return CROP_ASPECT_RANGE[0] <= w / h <= CROP_ASPECT_RANGE[1]
+    return ASSUMED_CROP_ASPECT[0] <= w / h <= ASSUMED_CROP_ASPECT[1]
 
 
 def find_faces(image: np.ndarray) -> tuple[list, str]:
