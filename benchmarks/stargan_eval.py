@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins" / "faceedit_stargan"))
 
 from faceedit_stargan.classifier import (  # noqa: E402
-    CLASSIFIER_ATTRIBUTES, CLASSIFIER_SIZE, AttributeClassifier, load_classifier, predict_probabilities)
+    CLASSIFIER_ATTRIBUTES, CLASSIFIER_SIZE, AttributeClassifier, images_to_tensor, load_classifier,
+    predict_probabilities)
 from faceedit_stargan.data import AttributeFaces  # noqa: E402
 from faceedit_stargan.model import Generator  # noqa: E402
 from faceedit_stargan.train import demo_targets  # noqa: E402
@@ -55,8 +56,6 @@ def load_split(data: Path, size: int, hold_out: int, cache_dir: Path | None = No
 
 
 def train_classifier(train, epochs: int, seed: int) -> AttributeClassifier:
-    from faceedit_stargan.classifier import images_to_tensor
-
     torch.manual_seed(seed)
     images, labels = train
     x_all, y_all = images_to_tensor(images), torch.from_numpy(labels)
@@ -128,9 +127,7 @@ def load_generator(spec: str) -> tuple[Generator, int, str]:
     return G.eval(), 256 if "256" in spec else 128, f"official weights {spec} sha256 {sha}"
 
 
-def score_edits(G: Generator, size: int, classifier, held_out_faces: np.ndarray, held_out_labels: np.ndarray) -> dict:
-    from faceedit_stargan.classifier import images_to_tensor
-
+def score_edits(G: Generator, classifier, held_out_faces: np.ndarray) -> dict:
     x = images_to_tensor(held_out_faces)
     source = torch.from_numpy(predict_probabilities(classifier, x) > 0.5).float()  # classifier's view of the source
     results = {}
@@ -219,7 +216,7 @@ def main(argv=None) -> int:
         G, size, what = load_generator(args.generator)
         faces, _ = load_split(args.data, size, args.hold_out, args.cache_dir)[1]
         results["generator"] = what
-        results["edits"] = score_edits(G, size, classifier, faces, held_out[1])
+        results["edits"] = score_edits(G, classifier, faces)
         print(json.dumps(results["edits"], indent=1))
         try:
             names = sorted(p.name for p in (args.data / "images").glob("*.jpg"))[-args.hold_out:]

@@ -129,7 +129,6 @@ class _TextProgress:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    apply_offline(args)
     if args.id == "all":
         targets = [i for i in weights.ids() if weights.entry(i).urls]
         manual = [i for i in weights.ids() if not weights.entry(i).urls]

@@ -27,13 +27,6 @@ def compact_weights_path() -> Path:
     return bundled_path(COMPACT_FILE)
 
 
-def load_state_dict_into(path_or_id, model) -> str:
-    """Verified, strict load through the weights manager; returns the file's sha256."""
-    from napari_faceedit import weights
-
-    return weights.load_state_dict(path_or_id, model)
-
-
 @functools.lru_cache(maxsize=2)
 def load_compact(path: str | None = None, device: str = "cpu"):
     """(model in eval mode, sha256). Cached: one load per process and file."""
@@ -48,10 +41,12 @@ def load_compact(path: str | None = None, device: str = "cpu"):
 
 @functools.lru_cache(maxsize=1)
 def load_bisenet(device: str = "cpu"):
+    from napari_faceedit import weights
+
     from .bisenet import BiSeNet
 
     model = BiSeNet(n_classes=19)
-    sha = load_state_dict_into(BiSeNetParser.weights[0], model)
+    sha = weights.load_state_dict(BiSeNetParser.weights[0], model)
     return model.to(device).eval(), sha
 
 
