@@ -24,8 +24,8 @@ class NoFaceFound(ValueError):
     """No face was detected and the image does not look like a face crop already."""
 
 
-class FaceIndexError(IndexError):
-    """``face_index`` does not name one of the detected faces."""
+class FaceIndexError(IndexError, ValueError):
+    """``face_index`` does not name one of the detected faces (a bad request value, hence ValueError too)."""
 
 
 def assumed_crop_face(image: np.ndarray) -> Optional[DetectedFace]:

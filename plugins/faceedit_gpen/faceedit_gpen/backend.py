@@ -122,6 +122,7 @@ class FaceRestorationBackend(Backend):
     def run(self, request: RestoreRequest, progress, cancelled) -> Result:
         from napari_faceedit.face.align import align_face, paste_back, soft_box_mask
         from napari_faceedit.face.detect import detect_faces
+        from napari_faceedit.face.pipeline import select_faces
 
         params = dict(request.params)
         upscale = int(params.get("upscale", 1))
@@ -154,10 +155,7 @@ class FaceRestorationBackend(Backend):
 
         progress(0, 1, "detecting faces")
         faces = detect_faces(image)
-        if request.face_index is not None:
-            if not 0 <= request.face_index < len(faces):
-                raise ValueError(f"face_index {request.face_index} is out of range: {len(faces)} face(s) found")
-            faces = [faces[request.face_index]]
+        faces = [faces[i] for i in select_faces(faces, request.face_index)]
         self.check(cancelled)
         height, width = image.shape[:2]
         if not faces and CROP_ASPECT_RANGE[0] <= height / width <= CROP_ASPECT_RANGE[1]:

@@ -90,9 +90,9 @@ def parse_photo(
             notes.append(note)
         Backend.check(cancelled)
     if face_index is not None and faces:
-        if not 0 <= face_index < len(faces):
-            raise ValueError(f"face_index {face_index} out of range: {len(faces)} face(s) found")
-        faces = [faces[face_index]]
+        from napari_faceedit.face.pipeline import select_faces
+
+        faces = [faces[i] for i in select_faces(faces, face_index)]
 
     h, w = image.shape[:2]
     labels = np.zeros((h, w), np.int64)

@@ -152,11 +152,9 @@ class StarGANBackend(Backend):
             landmarks = [face.landmarks for face in detect_faces(request.image, **kwargs)]
         if not landmarks:
             raise ValueError("no face found in the image (give params['landmarks'] to place one by hand)")
-        if request.face_index is not None:
-            if not 0 <= request.face_index < len(landmarks):
-                raise ValueError(f"face_index {request.face_index} is out of range: {len(landmarks)} face(s) found")
-            landmarks = [landmarks[request.face_index]]
-        return landmarks
+        from napari_faceedit.face.pipeline import select_faces
+
+        return [landmarks[i] for i in select_faces(landmarks, request.face_index)]
 
     def run(self, request: EditAttributesRequest, progress: ProgressCallback, cancelled: CancelledCallback) -> Result:
         import torch
