@@ -425,10 +425,22 @@ def unpin(weights_id: str) -> bool:
 def expected_hash(item: WeightsEntry | str) -> tuple[str, str]:
     """(sha256, origin) where origin is "published", "pinned" or "" (unknown: not yet pinned)."""
     item = entry(item) if isinstance(item, str) else item
+    return _expectation(item)[:2]
+
+
+def _expectation(item: WeightsEntry) -> tuple[str, str, Optional[int]]:
+    """(sha256, origin, size in bytes or None) a file for ``item`` must have: the registry's values,
+    else those pinned on first use (the pins file is read at most once)."""
+    record = pinned_hashes().get(item.id) if not (item.sha256 and item.size) else None
+    record = record if isinstance(record, dict) else {}
     if item.sha256:
-        return item.sha256, "published"
-    pinned = pinned_sha256(item.id)
-    return (pinned, "pinned") if pinned else ("", "")
+        sha, origin = item.sha256, "published"
+    elif record.get("sha256"):
+        sha, origin = record["sha256"], "pinned"
+    else:
+        sha, origin = "", ""
+    size = item.size or (int(record["size"]) if record.get("size") else None)
+    return sha, origin, size
 
 
 # -- locating and checking files -----------------------------------------------------------------
@@ -474,18 +486,10 @@ def _mismatch(item: WeightsEntry, source: str, expected_sha: str, origin: str, a
     return None
 
 
-def _expected_size(item: WeightsEntry) -> Optional[int]:
-    if item.size:
-        return item.size
-    record = pinned_hashes().get(item.id)
-    return int(record["size"]) if isinstance(record, dict) and record.get("size") else None
-
-
 def check(weights_id: str, *, fresh: bool = False) -> WeightsStatus:
     """Look for ``weights_id`` and verify what is found (``fresh``: re-hash, ignore the hash cache)."""
     item = entry(weights_id)
-    expected, origin = expected_hash(item)
-    expected_size = _expected_size(item)
+    expected, origin, expected_size = _expectation(item)
     problems: list[VerificationError] = []
     for candidate in candidate_paths(item):
         if not candidate.is_file():
@@ -617,9 +621,9 @@ def _verify_and_commit(staging: _Staging, temp: Path, sha: str, source: str) -> 
     """Check ``temp`` against the registry/pin, pin if needed, then move it into place."""
     item = staging.item
     with _lock:
-        expected, origin = expected_hash(item)
+        expected, origin, expected_size = _expectation(item)
         size = temp.stat().st_size  # follows a symlink (import --link)
-        problem = _mismatch(item, source, expected, origin, sha, _expected_size(item), size)
+        problem = _mismatch(item, source, expected, origin, sha, expected_size, size)
         if problem is not None:
             raise problem
         message = _pin(item, sha, size, source) if not expected else ""
@@ -763,11 +767,12 @@ def import_file(weights_id: str, source: os.PathLike | str, link: bool = False,
     try:
         if staging.final.exists() and staging.final.resolve() == source:
             sha = sha256_file(source, use_cache=False)
-            expected, origin = expected_hash(item)
-            problem = _mismatch(item, str(source), expected, origin, sha, _expected_size(item), source.stat().st_size)
+            expected, origin, expected_size = _expectation(item)
+            size = source.stat().st_size
+            problem = _mismatch(item, str(source), expected, origin, sha, expected_size, size)
             if problem:
                 raise problem
-            message = "" if expected else _pin(item, sha, source.stat().st_size, str(source))
+            message = "" if expected else _pin(item, sha, size, str(source))
             return FetchResult(item.id, staging.final, sha, pinned_now=bool(message), already_present=True,
                                message=message or f"'{item.id}' is already in place: {source}")
         if item.archive and zipfile.is_zipfile(source) and not _is_torch_zip(source):
