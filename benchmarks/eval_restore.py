@@ -128,13 +128,10 @@ def make_figure(path: Path) -> None:
     if not faces:
         landmarks = np.array([[204.1, 100.3], [247.2, 103.3], [224.3, 128.5], [201.1, 138.2], [245.3, 141.3]]) / 2
         faces = [detect.DetectedFace(box=[89, 29, 134, 87], score=1.0, landmarks=landmarks)]
-    original_detect = detect.detect_faces
-    detect.detect_faces = lambda image, *a, **k: faces
-    try:
-        ours = CompactRestoration().run(RestoreRequest(image=low, params={"mask": "soft"}),
-                                        lambda *a: None, lambda: False).image
-    finally:
-        detect.detect_faces = original_detect
+    from napari_faceedit.runner import execute
+
+    ours = execute(CompactRestoration(), RestoreRequest(image=low, landmarks=[f.landmarks for f in faces],
+                                                        params={"paste": "soft-box"})).image
     _, classic = classic_restorer()
     panels = {"original": photo, "degraded": low, "classic": classic(low), "restore-compact (ours)": ours}
     x0, y0, x1, y1 = 70, 10, 160, 110  # the face region, at 256 px

@@ -156,6 +156,7 @@ def photo_pipeline(G: Generator, size: int, images_dir: Path, names: list[str], 
     from PIL import Image
 
     from faceedit_stargan.backend import StarGANBackend
+    from napari_faceedit.runner import execute
     from napari_faceedit.tasks import EditAttributesRequest
 
     backend = StarGANBackend.from_model(G, image_size=size)
@@ -166,12 +167,12 @@ def photo_pipeline(G: Generator, size: int, images_dir: Path, names: list[str], 
         canvas[91:309, 111:289] = face
         request = EditAttributesRequest(image=canvas, attributes={"Blond_Hair": 1.0})
         try:
-            result = backend.run(request, lambda *a: None, lambda: False)
+            result = execute(backend, request)
         except Exception as exc:  # noqa: BLE001 - a detector miss is counted, not fatal
             failures += 1
             print(f"{name}: {exc}")
             continue
-        mask = result.extras["paste_mask"] > 0
+        mask = result.extras["paste_weights"] > 0
         diff = np.abs(result.image.astype(np.float64) - canvas) / 255.0
         inside.append(diff[mask].mean())
         outside.append(diff[~mask].mean() if (~mask).any() else 0.0)

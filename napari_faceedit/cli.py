@@ -24,21 +24,30 @@ def _parse_attr(items: list[str]) -> dict[str, float]:
     return out
 
 
-def _parse_params(items: list[str]) -> dict:
-    """Backend parameters NAME=VALUE; numbers become numbers, everything else stays text."""
-    out: dict = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--param expects NAME=VALUE, got '{item}'")
-        try:
-            out[name] = int(value)
-        except ValueError:
-            try:
-                out[name] = float(value)
-            except ValueError:
-                out[name] = {"true": True, "false": False}.get(value.lower(), value)
-    return out
+# Which `faceedit run` options each task takes; any other given option is an error, never ignored.
+TASK_OPTIONS: dict[Task, tuple[str, ...]] = {
+    Task.PARSE: (),
+    Task.RESTORE: (),
+    Task.COMPLETE: ("mask", "attr", "labels"),
+    Task.EDIT_ATTRIBUTES: ("attr", "strength", "labels"),
+    Task.EDIT_TEXT: ("text",),
+    Task.SYNTHESIZE: ("labels", "target_labels"),
+}
+_OPTION_FLAGS = {"mask": "--mask", "attr": "--attr", "labels": "--labels", "strength": "--strength",
+                 "text": "--text", "target_labels": "--target-labels"}
+
+
+def check_options(task: Task, backend, args) -> None:
+    """Refuse options that do not apply to the task or the backend, naming what does apply."""
+    allowed = TASK_OPTIONS[task]
+    for option, flag in _OPTION_FLAGS.items():
+        if getattr(args, option) not in (None, []) and option not in allowed:
+            takes = ", ".join(_OPTION_FLAGS[o] for o in allowed) or "none of --mask/--attr/--labels/--strength/--text"
+            raise ValueError(f"{flag} does not apply to '{task.value}' (it takes {takes})")
+    if args.face_index is not None and not backend.per_face:
+        raise ValueError(f"--face-index does not apply: backend '{backend.name}' edits the whole image")
+    if args.allow_no_face and not backend.per_face:
+        raise ValueError(f"--allow-no-face does not apply: backend '{backend.name}' edits the whole image")
 
 
 def cmd_backends(args) -> int:
@@ -53,7 +62,8 @@ def cmd_backends(args) -> int:
             "tasks": sorted(t.value for t in backend.tasks), "devices": backend.devices(),
             "attributes": list(backend.supported_attributes), "weights": list(backend.weights),
             "ready": ready, "status": why, "description": backend.description,
-            "limitations": backend.limitations,
+            "limitations": backend.limitations, "per_face": backend.per_face,
+            "parameters": [p.describe() for p in backend.declared_parameters()],
         })
     failures = [{"plugin": f.plugin, "stage": f.stage, "error": f.error} for f in registry.failures]
     if args.json:
@@ -74,11 +84,10 @@ def _output_path(output: Path, image_path: Optional[Path], many: bool, suffix: s
     return output.with_name(f"{output.stem}{suffix}{output.suffix}") if suffix else output
 
 
-def _build_request(task: Task, args, image_path: Optional[Path]):
+def _build_request(task: Task, args, image_path: Optional[Path], params: dict):
     from .io import companion, read_image, read_index_map
 
-    common = dict(device=args.device, seed=args.seed,
-                  face_index=args.face_index, params=_parse_params(args.param))
+    common = dict(device=args.device, seed=args.seed, face_index=args.face_index, params=params)
     image = read_image(image_path) if image_path is not None else None
     if task is Task.PARSE or task is Task.RESTORE:
         return REQUEST_TYPES[task](image=image, **common)
@@ -92,7 +101,8 @@ def _build_request(task: Task, args, image_path: Optional[Path]):
                                    labels=read_index_map(labels_path) if labels_path else None, **common)
     if task is Task.EDIT_ATTRIBUTES:
         labels_path = companion(args.labels, image_path)
-        return REQUEST_TYPES[task](image=image, attributes=_parse_attr(args.attr), strength=args.strength,
+        strength = 1.0 if args.strength is None else args.strength
+        return REQUEST_TYPES[task](image=image, attributes=_parse_attr(args.attr), strength=strength,
                                    labels=read_index_map(labels_path) if labels_path else None, **common)
     if task is Task.EDIT_TEXT:
         return REQUEST_TYPES[task](image=image, text=args.text or "", **common)
@@ -110,9 +120,17 @@ def cmd_run(args) -> int:
     from .registry import get_registry
     from .runner import execute
 
+    from .params import parse_assignments, resolve
+
     task = Task(args.task)
     registry = get_registry()
     backend = registry.get(args.backend) if args.backend else registry.best_for(task)
+    if task not in backend.tasks:
+        raise ValueError(f"backend '{backend.name}' does not do '{task.value}' (it does: "
+                         f"{', '.join(sorted(t.value for t in backend.tasks))})")
+    check_options(task, backend, args)
+    params = parse_assignments(args.param)
+    resolve(backend.declared_parameters(), params, f"backend '{backend.name}'")  # fail before any file is read
     if args.input is None:
         if task is not Task.EDIT_TEXT:
             raise ValueError(f"'{task.value}' needs --input")
@@ -124,8 +142,8 @@ def cmd_run(args) -> int:
     summary, failed = [], 0
     for image_path in inputs:
         try:
-            request = _build_request(task, args, image_path)
-            result = execute(backend, request, _cli_progress(args.quiet))
+            request = _build_request(task, args, image_path, params)
+            result = execute(backend, request, _cli_progress(args.quiet), allow_no_face=args.allow_no_face)
             written = []
             if result.image is not None:
                 target = _output_path(output, image_path, many)
@@ -139,8 +157,13 @@ def cmd_run(args) -> int:
                 target = _output_path(output, image_path, many, f"_{name}")
                 write_atomic(target, array)
                 written.append(str(target))
-            summary.append({"input": str(image_path) if image_path else None, "outputs": written,
-                            "provenance": result.provenance.to_dict()})
+            entry = {"input": str(image_path) if image_path else None, "outputs": written,
+                     "provenance": result.provenance.to_dict()}
+            if result.passed_through:
+                entry["passed_through"] = result.passed_through
+                if not args.quiet:
+                    print(f"faceedit: {image_path}: {result.passed_through}", file=sys.stderr)
+            summary.append(entry)
         except Exception as exc:  # noqa: BLE001 - report, go on with the next file
             failed += 1
             print(f"faceedit: {image_path or 'generate'}: {exc}", file=sys.stderr)
@@ -210,11 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="label map PNG (CelebAMask-HQ indices) or folder")
     p.add_argument("--target-labels", type=Path, help="edited label map for synthesize")
     p.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE")
-    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--strength", type=float, default=None, help="edit-attributes: 0..1 (default 1)")
     p.add_argument("--text")
     p.add_argument("--face-index", type=int, default=None, help="edit only this detected face (0 = largest)")
+    p.add_argument("--allow-no-face", action="store_true",
+                   help="pass images without a face through unchanged (and say so) instead of failing")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="backend-specific parameter")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="backend parameter (faceedit backends --json lists each backend's)")
     p.add_argument("--json", action="store_true", help="print a JSON summary with provenance")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)

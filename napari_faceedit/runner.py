@@ -1,4 +1,5 @@
-"""Runs one request on one backend: timing, provenance, cancellation, output checks."""
+"""Runs one request on one backend: checks, the run context (parameters, services), timing and
+provenance (built here, once)."""
 from __future__ import annotations
 
 import time
@@ -6,58 +7,106 @@ from typing import Optional
 
 import numpy as np
 
-from .backend import Backend, CancelledCallback, ProgressCallback, RunCancelled
-from .tasks import Provenance, Request, Result
+from .backend import Backend
+from .context import CancelledCallback, ProgressCallback, RunCancelled, RunContext
+from .model_cache import MODEL_CACHE, ModelCache
+from .params import resolve
+from .tasks import ParseRequest, Provenance, Request, Result, Task
 
-
-def _no_progress(step: int, total: int, message: str) -> None:
-    pass
+BackendLike = Backend | type[Backend]
 
 
 def execute(
-    backend: Backend | type[Backend],
+    backend: BackendLike,
     request: Request,
     progress: Optional[ProgressCallback] = None,
     cancelled: Optional[CancelledCallback] = None,
+    *,
+    allow_no_face: bool = False,
+    parser: Optional[BackendLike] = None,
+    cache: Optional[ModelCache] = None,
 ) -> Optional[Result]:
-    """Run ``request`` on ``backend``; return the result with provenance, or None when cancelled."""
+    """Run ``request`` on ``backend``; the result with provenance, or None when cancelled.
+
+    ``parser`` is the parse service's backend (default: the best ready parsing backend, looked up
+    when first needed); ``allow_no_face`` lets an image without a face pass through unchanged.
+    """
     if isinstance(backend, type):
         backend = backend()
-    if request.task not in backend.tasks:
-        raise ValueError(f"backend '{backend.name}' does not support the task '{request.task.value}'")
-    if request.device not in backend.devices() and request.device.split(":")[0] not in backend.devices():
-        raise ValueError(f"backend '{backend.name}' cannot run on device '{request.device}' "
-                         f"(available: {', '.join(backend.devices())})")
+    check_request(backend, request)
+    params = resolve(backend.declared_parameters(), request.params, f"backend '{backend.name}'")
     ready, why = backend.ready()
     if not ready:
         raise RuntimeError(f"backend '{backend.name}' is not ready: {why}")
+    ctx = RunContext(owner=backend.name, device=request.device, seed=request.seed, params=params,
+                     progress=progress or (lambda *_: None), cancelled=cancelled or (lambda: False),
+                     cache=cache or MODEL_CACHE, parse_service=_parse_service(parser), allow_no_face=allow_no_face)
     start = time.perf_counter()
     try:
-        result = backend.run(request, progress or _no_progress, cancelled or (lambda: False))
+        result = backend.run(request, ctx)
     except RunCancelled:
         return None
-    if cancelled is not None and cancelled():
+    if ctx.cancelled():
         return None
     if result is None or (result.image is None and result.labels is None):
         raise RuntimeError(f"backend '{backend.name}' returned no output")
     image = getattr(request, "image", None)
     if image is not None:
         _check_shape(backend.name, result, image.shape[:2])
-    notes = result.provenance.notes if result.provenance else ""
-    weights_id, weights_sha = (result.provenance.weights_id, result.provenance.weights_sha256) if result.provenance else (None, None)
+    if result.passed_through:
+        ctx.note(result.passed_through)
+    main_weights = ctx.weights_used[0] if ctx.weights_used else (None, None)
     result.provenance = Provenance(
         backend=backend.name,
         backend_version=backend.version,
         task=request.task.value,
-        parameters=request.parameters(),
+        parameters={**request.parameters(), "params": params},
         seed=request.seed,
         device=request.device,
         wall_time_s=round(time.perf_counter() - start, 4),
-        weights_id=weights_id,
-        weights_sha256=weights_sha,
-        notes=notes,
+        weights_id=main_weights[0],
+        weights_sha256=main_weights[1],
+        models=[{"weights": w, "sha256": s} for w, s in dict.fromkeys(ctx.weights_used)],
+        notes="; ".join(ctx.notes),
     )
     return result
+
+
+def check_request(backend: Backend, request: Request) -> None:
+    """The request suits the backend: task, device, and face options only for face backends."""
+    if request.task not in backend.tasks:
+        raise ValueError(f"backend '{backend.name}' does not support the task '{request.task.value}'")
+    devices = backend.devices()
+    if request.device not in devices and request.device.split(":")[0] not in devices:
+        raise ValueError(f"backend '{backend.name}' cannot run on device '{request.device}' "
+                         f"(available: {', '.join(devices)})")
+    if not backend.per_face and (request.face_index is not None or request.landmarks is not None):
+        raise ValueError(f"backend '{backend.name}' edits the whole image: a face index or landmarks do not apply")
+
+
+def _parse_service(parser: Optional[BackendLike]):
+    def parse(image: np.ndarray, ctx: RunContext, face_index: Optional[int], whole_image: bool) -> np.ndarray:
+        chosen = parser if parser is not None else _best_parser()
+        backend = chosen() if isinstance(chosen, type) else chosen
+        wanted = {"whole_image": whole_image} if whole_image else {}
+        params = resolve(backend.declared_parameters(), wanted, f"backend '{backend.name}'")
+        service_ctx = ctx.derived(backend.name, params)
+        result = backend.run(ParseRequest(image=image, face_index=face_index, device=ctx.device), service_ctx)
+        ctx.note(f"face parse by {backend.name}")
+        ctx.weights_used.extend(service_ctx.weights_used)
+        return result.labels
+
+    return parse
+
+
+def _best_parser() -> Backend:
+    from .registry import get_registry
+
+    try:
+        return get_registry().best_for(Task.PARSE)
+    except LookupError:
+        raise LookupError("no ready face parser is installed: paint the labels by hand, or install "
+                          "a parsing backend") from None
 
 
 def _check_shape(name: str, result: Result, shape: tuple[int, int]) -> None:

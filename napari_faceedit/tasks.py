@@ -36,6 +36,23 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(data * scale), 0, 255).astype(np.uint8)
 
 
+# ITU-R BT.601 luma weights: a grey RGB pixel (r == g == b) maps to exactly that grey.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+GRAY_TOLERANCE = 2  # grey levels of channel spread still counted as grayscale (JPEG chroma noise)
+
+
+def is_grayscale(image: np.ndarray, tolerance: int = GRAY_TOLERANCE) -> bool:
+    """Whether an (H, W, 3) image is grey: 99 % of pixels have channels within ``tolerance``."""
+    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2).astype(np.int16)
+    return bool(np.percentile(spread, 99) <= tolerance)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) uint8 image with every channel set to its luma."""
+    luma = image.astype(np.float32) @ LUMA_WEIGHTS.astype(np.float32)
+    return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
 def as_rgb_uint8(image: np.ndarray, min_size: int = 8) -> np.ndarray:
     """Validate an image and return a fresh (H, W, 3) uint8 copy.
 
@@ -76,7 +93,21 @@ class Request:
     device: str = "cpu"
     seed: int = 0
     face_index: Optional[int] = None
+    # (N, 5, 2) landmarks (x, y) of the faces to edit, largest first: skips detection when given.
+    landmarks: Optional[np.ndarray] = None
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.landmarks is not None:
+            points = np.asarray(self.landmarks, dtype=np.float64)
+            if points.ndim == 2:
+                points = points[None]
+            if points.ndim != 3 or points.shape[1:] != (5, 2) or not np.isfinite(points).all():
+                raise ValueError(f"landmarks must be (faces, 5, 2) finite (x, y) points, got shape {points.shape}")
+            object.__setattr__(self, "landmarks", points)
+        if self.face_index is not None and (isinstance(self.face_index, bool) or int(self.face_index) != self.face_index
+                                            or self.face_index < 0):
+            raise ValueError(f"face_index must be a whole number >= 0 (0 = largest face), got {self.face_index!r}")
 
     def parameters(self) -> dict[str, Any]:
         """Everything but arrays: what provenance records."""
@@ -95,6 +126,7 @@ class ParseRequest(Request):
     image: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "image", as_rgb_uint8(self.image))
 
 
@@ -108,6 +140,7 @@ class SynthesizeRequest(Request):
     target_labels: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "image", as_rgb_uint8(self.image))
         shape = self.image.shape[:2]
         object.__setattr__(self, "labels", as_mask(self.labels, shape, "labels"))
@@ -125,6 +158,7 @@ class CompleteRequest(Request):
     labels: Optional[np.ndarray] = None
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "image", as_rgb_uint8(self.image))
         shape = self.image.shape[:2]
         mask = as_mask(self.mask, shape, "hole mask") != 0
@@ -148,6 +182,7 @@ class EditAttributesRequest(Request):
     strength: float = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "image", as_rgb_uint8(self.image))
         if not self.attributes:
             raise ValueError("no target attribute given")
@@ -166,6 +201,7 @@ class EditTextRequest(Request):
     image: Optional[np.ndarray] = None
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.text or not self.text.strip():
             raise ValueError("the text instruction is empty")
         if self.image is not None:
@@ -178,6 +214,7 @@ class RestoreRequest(Request):
     image: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "image", as_rgb_uint8(self.image))
 
 
@@ -201,6 +238,7 @@ class Provenance:
     wall_time_s: float = 0.0
     weights_id: Optional[str] = None
     weights_sha256: Optional[str] = None
+    models: list[dict[str, str]] = field(default_factory=list)  # every weights file the run loaded
     notes: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,3 +254,5 @@ class Result:
     labels: Optional[np.ndarray] = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     provenance: Optional[Provenance] = None
+    # Set when the input was passed through unchanged (e.g. no face found in batch mode): why.
+    passed_through: Optional[str] = None

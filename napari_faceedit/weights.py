@@ -632,6 +632,9 @@ def _verify_and_commit(staging: _Staging, temp: Path, sha: str, source: str) -> 
         os.replace(temp, staging.final)
         staging.temps.remove(temp)
     _remember_hash(staging.final, sha)
+    from .model_cache import invalidate  # loaded networks of this id are stale now
+
+    invalidate(item.id)
     return FetchResult(item.id, staging.final, sha, pinned_now=bool(message), message=message)
 
 

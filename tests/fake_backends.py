@@ -8,6 +8,7 @@ import numpy as np
 
 from napari_faceedit.backend import Backend
 from napari_faceedit.hookspecs import hookimpl
+from napari_faceedit.params import Param
 from napari_faceedit.tasks import Result, Task
 
 # Set by a test to let a GatedRestore run finish; cleared before each run.
@@ -23,13 +24,13 @@ class GatedRestore(Backend):
     tasks = frozenset({Task.RESTORE})
     description = "test backend that waits for a gate"
 
-    def run(self, request, progress, cancelled):
+    def run(self, request, ctx):
         STARTED.set()
         for step in range(10_000):
-            self.check(cancelled)
+            ctx.check()
             if GATE.is_set():
                 break
-            progress(step % 10, 10, "waiting")
+            ctx.progress(step % 10, 10, "waiting")
             time.sleep(0.01)
         return Result(image=np.clip(request.image.astype(int) + 40, 0, 255).astype(np.uint8))
 
@@ -41,13 +42,17 @@ class TextStamp(Backend):
     version = "1.0"
     tasks = frozenset({Task.EDIT_TEXT})
     description = "test backend for the text widget"
+    parameters = (Param("darkness", 2, "divide the image by this", min=1, max=8),
+                  Param("mode", "divide", "how to darken", choices=("divide", "invert")))
 
-    def run(self, request, progress, cancelled):
+    def run(self, request, ctx):
         if request.image is None:
             image = np.full((64, 64, 3), 128, np.uint8)
+        elif ctx.params["mode"] == "invert":
+            image = 255 - request.image
         else:
-            image = (request.image // 2).astype(np.uint8)
-        progress(1, 1, request.text)
+            image = (request.image // ctx.params["darkness"]).astype(np.uint8)
+        ctx.progress(1, 1, request.text)
         return Result(image=image)
 
 

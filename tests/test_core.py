@@ -129,9 +129,9 @@ class _Cancelling(Backend):
     name = "cancelling"
     tasks = frozenset({Task.RESTORE})
 
-    def run(self, request, progress, cancelled):
+    def run(self, request, ctx):
         request.image[:] = 0  # a request is the backend's own copy: this must not reach the caller
-        self.check(cancelled)
+        ctx.check()
         return Result(image=request.image)
 
 

@@ -22,7 +22,8 @@ from napari_faceedit.face.align import (
     template_points,
     warp_labels_back,
 )
-from napari_faceedit.face.detect import WeightsMissing, faces_from_json, faces_to_json, mtcnn_available
+from napari_faceedit.face.detect import WeightsMissing, detect_faces, faces_from_json, faces_to_json, mtcnn_available
+from napari_faceedit.tasks import Task
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not available")
@@ -328,38 +329,38 @@ def test_round_trip_many_faces(solvay):
 
 @needs_shared
 @needs_weights
-def test_for_each_face_pipeline():
-    from napari_faceedit.backend import RunCancelled
-    from napari_faceedit.face.pipeline import FaceIndexError, NoFaceFound, for_each_face
+def test_face_pipeline_on_a_group_photo():
+    from napari_faceedit.backend import FaceBackend
+    from napari_faceedit.runner import execute
+    from napari_faceedit.tasks import RestoreRequest
+
+    class Invert(FaceBackend):
+        name = "invert"
+        tasks = frozenset({Task.RESTORE})
+        crop_size = 128
+
+        def process_crop(self, face, ctx):
+            return 255 - face.image
 
     photo = load(SHARED / "degraded" / "whole_imgs" / "00.jpg")
     before = photo.copy()
     calls = []
-    out, faces, crops = for_each_face(photo, 128, "ffhq", lambda crop: 255 - crop,
-                                      progress=lambda step, total, msg: calls.append((step, total)))
+    result = execute(Invert, RestoreRequest(image=photo, params={"return_crops": True}),
+                     progress=lambda step, total, msg: calls.append((step, total)))
     np.testing.assert_array_equal(photo, before)
-    assert len(faces) == len(crops) >= 4 and all(c.shape == (128, 128, 3) for c in crops)
+    crops = result.extras["crops_after"]
+    assert len(crops) >= 4 and crops.shape[1:] == (128, 128, 3)
     assert calls[-1][0] == calls[-1][1] and [s for s, _ in calls] == sorted(s for s, _ in calls)
-    changed = np.any(out != photo, axis=2)
+    changed = np.any(result.image != photo, axis=2)
+    faces = detect_faces(photo)
     for face in faces:  # every face centre was changed (inverted)
         cx, cy = face.landmarks[2].round().astype(int)
         assert changed[cy, cx]
     assert not changed[:, :20].any()  # the left margin has no face
-
-    one, chosen, _ = for_each_face(photo, 128, "ffhq", lambda crop: 255 - crop, face_index=1)
-    assert len(chosen) == 1 and np.allclose(chosen[0].box, faces[1].box)
-    with pytest.raises(FaceIndexError, match="out of range"):
-        for_each_face(photo, 128, "ffhq", lambda crop: crop, face_index=len(faces))
-    with pytest.raises(RunCancelled):
-        for_each_face(photo, 128, "ffhq", lambda crop: crop, cancelled=lambda: True)
-
-    # no face: a wide picture raises a clear error; a square one is taken as an aligned crop
-    flat = np.full((120, 300, 3), 128, np.uint8)
-    with pytest.raises(NoFaceFound, match="no face found"):
-        for_each_face(flat, 64, "ffhq", lambda crop: crop)
-    square = np.full((256, 256, 3), 90, np.uint8)
-    _, assumed, _ = for_each_face(square, 64, "ffhq", lambda crop: crop)
-    assert len(assumed) == 1 and assumed[0].score == 0.0
+    one = execute(Invert, RestoreRequest(image=photo, face_index=1))
+    changed_one = np.any(one.image != photo, axis=2)
+    cx, cy = faces[1].landmarks[2].round().astype(int)
+    assert changed_one[cy, cx] and changed_one.sum() < changed.sum() / 2
 
 
 @needs_shared

@@ -13,7 +13,7 @@ from faceedit_gpen import backend as gpen_backend  # noqa: E402
 from faceedit_gpen.backend import GPEN512, CompactRestoration, compact_weights_path  # noqa: E402
 from faceedit_gpen.model import (BFR_CONFIGS, FullGenerator, fir_filter, fir_upsample2x,  # noqa: E402
                                  make_blur_kernel, parity_model)
-from napari_faceedit.backend import RunCancelled  # noqa: E402
+from napari_faceedit.runner import execute  # noqa: E402
 from napari_faceedit.tasks import RestoreRequest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +32,6 @@ def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"../shared not available ({path})")
     return path
-
-
-def no_progress(step, total, message):
-    pass
-
-
-def never():
-    return False
 
 
 @pytest.fixture
@@ -156,9 +148,9 @@ def test_fir_filter_is_a_true_convolution():
 
 # ------------------------------------------------------------------------------------------ pipeline
 def test_gpen_backend_restores_face_and_keeps_far_background(astronaut, fixed_faces):
-    request = RestoreRequest(image=astronaut, params={"mask": "soft", "return_crops": True})
+    request = RestoreRequest(image=astronaut, params={"paste": "soft-box", "return_crops": True})
     steps = []
-    result = GPEN512(model=tiny_gpen()).run(request, lambda *a: steps.append(a), never)
+    result = execute(GPEN512(model=tiny_gpen()), request, lambda *a: steps.append(a))
     out = result.image
     assert out.shape == astronaut.shape and out.dtype == np.uint8
     x0, y0, x1, y1 = ASTRONAUT_BOX.astype(int)
@@ -170,14 +162,14 @@ def test_gpen_backend_restores_face_and_keeps_far_background(astronaut, fixed_fa
     assert result.extras["crops_before"].shape == (1, 64, 64, 3)
     assert result.extras["crops_after"].shape == (1, 64, 64, 3)
     assert any("face 1 of 1" in s[2] for s in steps)
-    assert result.provenance.weights_id == "injected"
+    assert result.provenance.weights_id is None  # an injected network: no weights file
 
 
 def test_gpen_backend_grayscale_stays_grayscale(astronaut, fixed_faces):
     from faceedit_gpen.degrade import to_gray
 
     gray = to_gray(astronaut)
-    result = GPEN512(model=tiny_gpen()).run(RestoreRequest(image=gray, params={"mask": "soft"}), no_progress, never)
+    result = execute(GPEN512(model=tiny_gpen()), RestoreRequest(image=gray, params={"paste": "soft-box"}))
     out = result.image.astype(int)
     assert np.abs(out - gray).max() > 20  # the face was restored...
     assert (out.max(axis=2) - out.min(axis=2)).max() <= 1  # ...and R = G = B everywhere
@@ -193,56 +185,62 @@ def test_parser_mask_used_when_available(astronaut, fixed_faces):
     if not parser.ready()[0]:
         pytest.skip("faceparse-compact has no weights")
     backend = GPEN512(model=tiny_gpen())
-    soft = backend.run(RestoreRequest(image=astronaut, params={"mask": "soft"}), no_progress, never).image
-    parsed = backend.run(RestoreRequest(image=astronaut, params={"mask": "parser"}), no_progress, never)
-    assert "parser unavailable" not in parsed.provenance.notes
+    soft = execute(backend, RestoreRequest(image=astronaut, params={"paste": "soft-box"})).image
+    parsed = execute(backend, RestoreRequest(image=astronaut, params={"paste": "face-mask"}), parser=parser)
+    assert "face parse by faceparse-compact" in parsed.provenance.notes
+    assert "faceparse_compact.pt" in [m["weights"] for m in parsed.provenance.models]
     assert np.abs(parsed.image.astype(int) - soft).max() > 10  # a different paste region
 
 
 def test_face_index_upscale_and_cancel(astronaut, fixed_faces):
     backend = GPEN512(model=tiny_gpen())
     with pytest.raises(ValueError, match="face_index 3"):
-        backend.run(RestoreRequest(image=astronaut, face_index=3), no_progress, never)
-    result = backend.run(RestoreRequest(image=astronaut, params={"upscale": 2, "mask": "soft"}), no_progress, never)
-    assert result.extras["upscaled_image"].shape == (1024, 1024, 3)
+        execute(backend, RestoreRequest(image=astronaut, face_index=3))
+    result = execute(backend, RestoreRequest(image=astronaut, params={"upscale": 2, "paste": "soft-box"}))
+    upscaled = result.extras["upscaled_image"]
+    assert upscaled.shape == (1024, 1024, 3)
+    # The restored face is pasted at 2x: the upscaled face matches the 1x result, not the plain upsampling.
+    x0, y0, x1, y1 = ASTRONAUT_BOX.astype(int)
+    half = upscaled[::2, ::2][y0 + 20:y1 - 20, x0 + 20:x1 - 20].astype(int)
+    plain = gpen_backend.upsample_photo(astronaut, 2)[::2, ::2][y0 + 20:y1 - 20, x0 + 20:x1 - 20].astype(int)
+    one_x = result.image[y0 + 20:y1 - 20, x0 + 20:x1 - 20].astype(int)
+    assert np.abs(half - one_x).mean() < np.abs(plain - one_x).mean() / 2
     cancel = {"now": False}
 
     def progress(step, total, message):
-        cancel["now"] = cancel["now"] or message.startswith("restoring face")
+        cancel["now"] = cancel["now"] or message.startswith("face 1 of 1")
 
-    with pytest.raises(RunCancelled):
-        backend.run(RestoreRequest(image=astronaut), progress, lambda: cancel["now"])
+    assert execute(backend, RestoreRequest(image=astronaut), progress, lambda: cancel["now"]) is None
 
 
 def test_no_face_found(astronaut, monkeypatch):
     from napari_faceedit.face import detect
+    from napari_faceedit.face.pipeline import NoFaceFound
 
     monkeypatch.setattr(detect, "detect_faces", lambda image, *a, **k: [])
     backend = GPEN512(model=tiny_gpen())
-    wide = astronaut[:120, :480]  # not face-shaped: returned unchanged
-    result = backend.run(RestoreRequest(image=wide), no_progress, never)
+    wide = astronaut[:120, :480]  # not face-shaped: a clear error, or passed through in batch mode
+    with pytest.raises(NoFaceFound, match="no face found in the 480x120 image"):
+        execute(backend, RestoreRequest(image=wide))
+    result = execute(backend, RestoreRequest(image=wide), allow_no_face=True)
     np.testing.assert_array_equal(result.image, wide)
-    assert "no face detected" in result.provenance.notes
+    assert result.passed_through and "passed through unchanged" in result.provenance.notes
     crop = astronaut[60:180, 170:280]  # a face crop the detector missed: restored as a whole
-    result = backend.run(RestoreRequest(image=crop), no_progress, never)
+    result = execute(backend, RestoreRequest(image=crop))
     assert result.image.shape == crop.shape and np.abs(result.image.astype(int) - crop).mean() > 5
+    assert "taken as one aligned face crop" in result.provenance.notes
 
 
 def test_missing_gpen_weights_name_the_id(astronaut, tmp_path, fixed_faces):
     from napari_faceedit import weights
-    from napari_faceedit.runner import execute
 
     weights.set_cache_dir(tmp_path)
     weights.set_weights_dir(tmp_path)
-    gpen_backend._load_gpen.cache_clear()
     try:
-        assert GPEN512.missing_weights() == ["gpen-bfr-512"]
         ready, why = GPEN512.ready()
         assert not ready and "gpen-bfr-512" in why
         with pytest.raises(RuntimeError, match="gpen-bfr-512"):
             execute(GPEN512, RestoreRequest(image=astronaut))
-        with pytest.raises(RuntimeError, match="gpen-bfr-512"):  # direct use, without the runner
-            GPEN512().run(RestoreRequest(image=astronaut), no_progress, never)
     finally:
         weights.reset_settings()
 
@@ -254,8 +252,8 @@ def test_compact_backend_on_photo(astronaut, fixed_faces):
     torch.manual_seed(0)
     model = CompactRestorer()
     torch.nn.init.normal_(model.tail.weight, std=0.05)  # the zero-initialised tail would be the identity
-    result = CompactRestoration(model=model).run(
-        RestoreRequest(image=astronaut, params={"mask": "soft", "return_crops": True}), no_progress, never)
+    result = execute(CompactRestoration(model=model),
+                     RestoreRequest(image=astronaut, params={"paste": "soft-box", "return_crops": True}))
     crop = result.extras["crops_after"]
     assert crop.shape[1] == crop.shape[2] and crop.shape[1] % 4 == 0 and 96 <= crop.shape[1] <= 1024
     x0, y0, x1, y1 = ASTRONAUT_BOX.astype(int)

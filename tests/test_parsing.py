@@ -234,7 +234,7 @@ def test_compact_backend_parses_a_face_crop_through_the_runner():
     assert np.issubdtype(result.labels.dtype, np.integer)
     assert major_miou(iou_from_confusion(confusion(result.labels, truth))) > 0.6
     assert result.provenance.weights_sha256 and steps
-    assert "whole image" in result.provenance.notes
+    assert result.provenance.parameters["params"] == {"tta": "multiscale", "whole_image": True, "return_crops": False}
 
 
 def test_compact_backend_cancels_before_parsing():
@@ -249,12 +249,11 @@ def test_compact_backend_cancels_before_parsing():
 
 
 def test_bisenet_backend_reports_missing_weights():
-    weights = pytest.importorskip("napari_faceedit.weights")
     from faceedit_parsing.backends import BiSeNetParser
+    from napari_faceedit import weights
 
     if not weights.missing(["bisenet-79999"]):
         pytest.skip("bisenet-79999 is installed here")
-    assert BiSeNetParser.missing_weights() == ["bisenet-79999"]
     ready, message = BiSeNetParser.ready()
     assert not ready and "bisenet-79999" in message
 
@@ -289,7 +288,8 @@ def test_compact_backend_parses_a_whole_photo_through_detection():
     from napari_faceedit.runner import execute
     from napari_faceedit.tasks import ParseRequest
 
-    detect = pytest.importorskip("napari_faceedit.face.detect")
+    from napari_faceedit.face import detect
+
     photo = astronaut()  # 512x512, one face around x 180..270, y 60..175
     try:
         if not detect.detect_faces(photo):
@@ -299,7 +299,7 @@ def test_compact_backend_parses_a_whole_photo_through_detection():
     result = execute(CompactParserBackend(), ParseRequest(image=photo), lambda *a: None, lambda: False)
     labels = result.labels
     assert labels.shape == photo.shape[:2]
-    assert "1 face(s) parsed" in result.provenance.notes
+    assert "1 of 1 face(s) processed" in result.provenance.notes
     assert result.extras["landmarks"].shape == (1, 5, 2)
     face = np.isin(labels, [CLASS_INDEX[n] for n in ("skin", "nose", "l_eye", "r_eye")])
     ys, xs = np.nonzero(face)

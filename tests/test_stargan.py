@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("faceedit_stargan")
 
 from faceedit_stargan.backend import StarGAN256Backend, StarGANBackend, face_mask, label_vectors  # noqa: E402
 from faceedit_stargan.model import Discriminator, Generator, StarInstanceNorm  # noqa: E402
@@ -217,10 +216,11 @@ def test_label_vectors_hair_exclusive_keep_source_and_strength():
 
 
 def test_source_attributes_from_the_request_enter_the_label_vector():
-    request = EditAttributesRequest(image=synthetic_photo(), attributes={"Young": 1.0}, strength=0.25,
-                                    params={"landmarks": [FACE_A], "source_attributes": {
-                                        "Black_Hair": 1, "Blond_Hair": 0, "Brown_Hair": 0, "Male": 1, "Young": 0}})
-    result = tiny_backend().run(request, lambda *a: None, lambda: False)
+    from napari_faceedit.runner import execute
+
+    request = EditAttributesRequest(image=synthetic_photo(), attributes={"Young": 1.0}, strength=0.25, landmarks=[FACE_A],
+                                    params={"source_attributes": "Black_Hair=1,Blond_Hair=0,Brown_Hair=0,Male=1,Young=0"})
+    result = execute(tiny_backend(), request)
     assert np.allclose(result.extras["label_vectors"][0], [1, 0, 0, 1, 0.25])
 
 
@@ -246,15 +246,15 @@ def test_backend_changes_the_face_and_leaves_the_rest_untouched():
     photo = synthetic_photo()
     steps = []
     request = EditAttributesRequest(image=photo, attributes={"Blond_Hair": 1.0},
-                                    params={"landmarks": [FACE_A, FACE_B]})
+                                    landmarks=[FACE_A, FACE_B])
     result = execute(tiny_backend(), request, progress=lambda *a: steps.append(a))
     changed = np.abs(result.image.astype(int) - photo).sum(2) > 0
     for face in (FACE_A, FACE_B):
         cx, cy = face.mean(0).astype(int)
         assert changed[cy - 5:cy + 5, cx - 5:cx + 5].mean() > 0.5  # inside each face: edited
     assert not changed[:, 280:].any() and not changed[200:, :].any()  # far away: bit-identical
-    assert not changed[result.extras["paste_mask"] == 0].any()
-    assert result.extras["edited_faces"].shape == (2, 32, 32, 3)
+    assert not changed[result.extras["paste_weights"] == 0].any()
+    assert result.extras["label_vectors"].shape == (2, 5)
     assert any("face 2 of 2" in s[2] for s in steps)
     assert "norm_mode=instance" in result.provenance.notes
 
@@ -264,7 +264,7 @@ def test_backend_edits_only_the_selected_face_and_cancels_between_faces():
 
     photo = synthetic_photo()
     request = EditAttributesRequest(image=photo, attributes={"Male": 0.0}, face_index=1,
-                                    params={"landmarks": [FACE_A, FACE_B]})
+                                    landmarks=[FACE_A, FACE_B])
     result = execute(tiny_backend(), request)
     changed = np.abs(result.image.astype(int) - photo).sum(2) > 0
     ax, ay = FACE_A.mean(0).astype(int)
@@ -275,28 +275,30 @@ def test_backend_edits_only_the_selected_face_and_cancels_between_faces():
 
     def cancel_after_first_face():
         calls.append(1)
-        return len(calls) > 2  # 1: after detection, 2: before face 1, 3: before face 2
+        return len(calls) > 2  # 1: after finding faces, 2: before face 1, 3: before face 2
 
-    all_faces = EditAttributesRequest(image=photo, attributes={"Male": 0.0}, params={"landmarks": [FACE_A, FACE_B]})
+    all_faces = EditAttributesRequest(image=photo, attributes={"Male": 0.0}, landmarks=[FACE_A, FACE_B])
     assert execute(tiny_backend(), all_faces, cancelled=cancel_after_first_face) is None
 
 
 def test_backend_rejects_unsupported_attributes_and_bad_requests():
-    backend = tiny_backend()
+    from napari_faceedit.runner import execute
+
     photo = synthetic_photo()
-    noop = (lambda *a: None, lambda: False)
+
+    def run(attributes, **kwargs):
+        return execute(tiny_backend(), EditAttributesRequest(image=photo, attributes=attributes, landmarks=[FACE_A], **kwargs))
+
     with pytest.raises(ValueError, match="does not support.*Smiling"):
-        backend.run(EditAttributesRequest(image=photo, attributes={"Smiling": 1.0},
-                                          params={"landmarks": [FACE_A]}), *noop)
+        run({"Smiling": 1.0})
     with pytest.raises(ValueError, match="exclusive"):
-        backend.run(EditAttributesRequest(image=photo, attributes={"Blond_Hair": 1.0, "Black_Hair": 1.0},
-                                          params={"landmarks": [FACE_A]}), *noop)
-    with pytest.raises(ValueError, match="out of range"):
-        backend.run(EditAttributesRequest(image=photo, attributes={"Young": 1.0}, face_index=3,
-                                          params={"landmarks": [FACE_A]}), *noop)
-    with pytest.raises(ValueError, match="norm_mode"):
-        backend.run(EditAttributesRequest(image=photo, attributes={"Young": 1.0},
-                                          params={"landmarks": [FACE_A], "norm_mode": "eval"}), *noop)
+        run({"Blond_Hair": 1.0, "Black_Hair": 1.0})
+    with pytest.raises(ValueError, match="out of range: 1 face"):
+        run({"Young": 1.0}, face_index=3)
+    with pytest.raises(ValueError, match="norm_mode.*instance, running"):
+        run({"Young": 1.0}, params={"norm_mode": "eval"})
+    with pytest.raises(ValueError, match="no parameter 'mask_scale'.*ellipse_scale"):
+        run({"Young": 1.0}, params={"mask_scale": 1.0})
 
 
 def test_missing_weights_say_which_file_and_how_to_get_it(tmp_path):
@@ -312,8 +314,7 @@ def test_missing_weights_say_which_file_and_how_to_get_it(tmp_path):
             assert not ok
             assert weights_id in message and "200000-G.ckpt" in message
             assert f"faceedit weights download {weights_id}" in message
-        request = EditAttributesRequest(image=synthetic_photo(), attributes={"Young": 1.0},
-                                        params={"landmarks": [FACE_A]})
+        request = EditAttributesRequest(image=synthetic_photo(), attributes={"Young": 1.0}, landmarks=[FACE_A])
         with pytest.raises(RuntimeError, match="stargan-celeba-128"):
             execute(StarGANBackend, request)
     finally:
@@ -336,9 +337,11 @@ def test_our_attribute_classifier_is_small_and_estimates_source_attributes():
     classifier = load_classifier(path)
     probabilities = predict_probabilities(classifier, synthetic_photo((64, 64))[None])
     assert probabilities.shape == (1, 5) and ((probabilities >= 0) & (probabilities <= 1)).all()
+    from napari_faceedit.runner import execute
+
     backend = StarGANBackend.from_model(Generator(8, 5, 1), image_size=32)  # classifier "auto": ours
-    request = EditAttributesRequest(image=synthetic_photo(), attributes={"Young": 1.0}, params={"landmarks": [FACE_A]})
-    vector = backend.run(request, lambda *a: None, lambda: False).extras["label_vectors"][0]
+    request = EditAttributesRequest(image=synthetic_photo(), attributes={"Young": 1.0}, landmarks=[FACE_A])
+    vector = execute(backend, request).extras["label_vectors"][0]
     assert set(vector[:4].tolist()) <= {0.0, 1.0} and vector[4] == 1.0  # estimated source is binary, not 0.5
 
 
@@ -357,17 +360,18 @@ def test_official_layout_checkpoint_loads_through_the_weights_manager(tmp_path):
     weights.set_cache_dir(tmp_path / "cache")
     weights.set_weights_dir(tmp_path / "mine")
     weights.set_offline(True)
-    StarGAN256Backend._generators.clear()
+    from napari_faceedit.model_cache import ModelCache
+
+    cache = ModelCache()
     try:
         assert StarGAN256Backend.ready() == (True, "ready")
-        request = EditAttributesRequest(image=synthetic_photo(), attributes={"Male": 1.0},
-                                        params={"landmarks": [FACE_A], "source_attributes": "Black_Hair=1,"
-                                                "Blond_Hair=0,Brown_Hair=0,Male=0,Young=1"})
-        result = execute(StarGAN256Backend, request)
+        request = EditAttributesRequest(image=synthetic_photo(), attributes={"Male": 1.0}, landmarks=[FACE_A],
+                                        params={"source_attributes": "Black_Hair=1,Blond_Hair=0,Brown_Hair=0,"
+                                                "Male=0,Young=1", "return_crops": True})
+        result = execute(StarGAN256Backend, request, cache=cache)
         assert result.provenance.weights_id == "stargan-celeba-256" and len(result.provenance.weights_sha256) == 64
-        assert result.extras["edited_faces"].shape == (1, 256, 256, 3)
-        loaded, _ = StarGAN256Backend._generators["stargan-celeba-256"]
-        assert torch.equal(loaded.main[0].weight, official.main[0].weight)
+        assert result.extras["crops_after"].shape == (1, 256, 256, 3)
+        (generator,) = [m for models in cache._models.values() for m in models.values()]
+        assert torch.equal(generator.main[0].weight, official.main[0].weight)
     finally:
-        StarGAN256Backend._generators.clear()
         weights.reset_settings()

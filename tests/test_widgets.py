@@ -269,7 +269,7 @@ def test_restore_widget_with_our_learned_default_and_crops(make_napari_viewer, q
     viewer.add_image(noisy, name="noisy")
     widget = RestoreWidget(viewer)
     widget.panel.select_backend("restore-compact")
-    widget.return_crops.setChecked(True)
+    widget.panel.parameter_form["return_crops"].value = True  # a declared parameter, rendered by magicgui
     widget.panel.start()
     wait_done(qtbot, widget.panel)
     assert widget.panel.last_error is None
@@ -294,7 +294,6 @@ def test_attributes_widget_edits_a_face_with_an_official_layout_stargan(make_nap
         detect_faces(portrait)
     except WeightsMissing:
         pytest.skip("face detector weights (facenet-pytorch) not installed")
-    from faceedit_stargan.backend import StarGAN256Backend
     from faceedit_stargan.model import Generator
     from napari_faceedit.widgets.task_widgets import AttributesWidget
 
@@ -305,7 +304,6 @@ def test_attributes_widget_edits_a_face_with_an_official_layout_stargan(make_nap
     weights.set_cache_dir(tmp_path / "cache")
     weights.set_weights_dir(tmp_path / "mine")
     weights.set_offline(True)
-    StarGAN256Backend._generators.clear()
     try:
         fresh_registry()
         viewer = make_napari_viewer()
@@ -329,5 +327,54 @@ def test_attributes_widget_edits_a_face_with_an_official_layout_stargan(make_nap
         assert changed[85:150, 195:255].mean() > 0.8  # the face (detected box x 179-269, y 58-175)
         assert not changed[350:, :].any() and not changed[:, 400:].any()  # the rest of the photo
     finally:
-        StarGAN256Backend._generators.clear()
         weights.reset_settings()
+
+
+def test_backend_parameters_render_as_a_magicgui_form_and_reach_the_run(make_napari_viewer, qtbot, portrait,
+                                                                        registry_with_test_backends):
+    """TextStamp declares 'darkness' (int 1..8) and 'mode' (choices): the Text widget shows them with
+    no widget code, and the values chosen reach the backend and the provenance."""
+    from magicgui.widgets import ComboBox, SpinBox
+
+    from napari_faceedit.widgets.task_widgets import TextEditWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    widget = TextEditWidget(viewer)
+    widget.panel.select_backend("test-text")
+    form = widget.panel.parameter_form
+    assert isinstance(form["darkness"], SpinBox) and (form["darkness"].min, form["darkness"].max) == (1, 8)
+    assert isinstance(form["mode"], ComboBox) and list(form["mode"].choices) == ["divide", "invert"]
+    assert "divide the image" in form["darkness"].tooltip
+    form["darkness"].value = 4
+    widget.image_picker.select("face")
+    widget.text.setPlainText("darker")
+    widget.panel.start()
+    wait_done(qtbot, widget.panel)
+    assert widget.panel.last_error is None
+    result = viewer.layers["face · edit-text · test-text"]
+    np.testing.assert_array_equal(result.data, portrait // 4)
+    assert result.metadata[PROVENANCE_KEY]["parameters"]["params"] == {"darkness": 4, "mode": "divide"}
+
+
+def test_two_docked_widgets_follow_a_layer_rename(make_napari_viewer, qtbot, portrait, fresh_registry):
+    from napari_faceedit.widgets.task_widgets import AttributesWidget, RestoreWidget
+
+    fresh_registry()
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="first")
+    viewer.add_image(portrait[::-1].copy(), name="second")
+    restore = RestoreWidget(viewer)
+    attributes = AttributesWidget(viewer)
+    viewer.window.add_dock_widget(restore)
+    viewer.window.add_dock_widget(attributes)
+    for widget in (restore, attributes):
+        widget.image_picker.select("first")
+    viewer.layers["first"].name = "renamed"
+    for widget in (restore, attributes):
+        assert widget.image_picker.currentText() == "renamed"
+        assert widget.image_picker.layer() is viewer.layers["renamed"]
+    viewer.layers.remove("renamed")
+    viewer.add_image(portrait, name="third")
+    for widget in (restore, attributes):
+        assert [widget.image_picker.itemText(i) for i in range(widget.image_picker.count())] == ["second", "third"]

@@ -2,14 +2,14 @@
 
 * :mod:`.detect`: ``detect_faces(image) -> [DetectedFace]`` (MTCNN in our own PyTorch code).
 * :mod:`.align`: ``align_face``, ``paste_back``, ``warp_labels_back`` and the crop templates.
-* :mod:`.pipeline`: ``for_each_face`` (detect, align, process, paste back) for backends.
+* :mod:`.pipeline`: ``run_face_pipeline`` (find faces, align, process, paste back): the one face loop.
 * :mod:`.cli`: ``faceedit detect`` (boxes and landmarks as JSON).
 
 Importing this package does not import torch; the detector does, when first used.
 """
 from .align import TEMPLATES, AlignedFace, align_face, paste_back, template_points, warp_labels_back
 from .detect import DetectedFace, WeightsMissing, detect_faces, faces_to_json
-from .pipeline import FaceIndexError, NoFaceFound, for_each_face
+from .pipeline import FaceIndexError, NoFaceFound, run_face_pipeline
 
 __all__ = [
     "TEMPLATES",
@@ -21,8 +21,8 @@ __all__ = [
     "align_face",
     "detect_faces",
     "faces_to_json",
-    "for_each_face",
     "paste_back",
+    "run_face_pipeline",
     "template_points",
     "warp_labels_back",
 ]

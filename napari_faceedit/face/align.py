@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from ..tasks import to_uint8
+from ..tasks import LUMA_WEIGHTS as _LUMA, to_uint8
 
 # name -> (reference size in px, 5x2 points (x, y) at that size)
 _TEMPLATES: dict[str, tuple[int, np.ndarray]] = {
@@ -58,8 +58,6 @@ _TEMPLATES: dict[str, tuple[int, np.ndarray]] = {
 }
 TEMPLATES = tuple(_TEMPLATES)
 
-# ITU-R BT.601 luma weights: a grey RGB pixel (r == g == b) maps to exactly that grey.
-_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def template_points(template: str, size: int) -> np.ndarray:
@@ -298,7 +296,8 @@ def _paste_weights(mask: Optional[np.ndarray], size: int, feather: float) -> np.
 
 
 def _match_colours(pasted: np.ndarray, original: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Shift/scale ``pasted`` so its Lab mean/std (weighted by ``weight``) equal ``original``'s."""
+    """Shift ``pasted``'s Lab mean (weighted by ``weight``) to ``original``'s. Only the mean: matching
+    the spread too would undo part of a restorer's sharpening or an editor's added contrast."""
     from skimage import color
 
     w = weight[..., None] / max(float(weight.sum()), 1e-9)
@@ -308,10 +307,7 @@ def _match_colours(pasted: np.ndarray, original: np.ndarray, weight: np.ndarray)
     else:
         a = color.rgb2lab(np.clip(pasted, 0, 255) / 255.0)
         b = color.rgb2lab(original / 255.0)
-    mean_a, mean_b = (a * w).sum((0, 1)), (b * w).sum((0, 1))
-    std_a = np.sqrt(((a - mean_a) ** 2 * w).sum((0, 1)))
-    std_b = np.sqrt(((b - mean_b) ** 2 * w).sum((0, 1)))
-    matched = (a - mean_a) * (std_b / np.maximum(std_a, 1e-6)) + mean_b
+    matched = a + ((b * w).sum((0, 1)) - (a * w).sum((0, 1)))
     if grey:
         return matched[..., 0]
     return color.lab2rgb(matched) * 255.0
@@ -329,8 +325,8 @@ def paste_back(
 
     ``mask``: optional crop-sized weights 0..1 (e.g. from the face parser), softened by ``feather``;
     default: a soft box easing to 0 over the outer ``feather`` fraction of the crop. Where the warped
-    weights are 0 the photo is left exactly as it was. ``color_match`` matches the pasted face's
-    Lab mean/std to the photo's under the weights. Grayscale (H, W) photos stay (H, W) (the crop is
+    weights are 0 the photo is left exactly as it was. ``color_match`` shifts the pasted face's
+    Lab mean to the photo's under the weights. Grayscale (H, W) photos stay (H, W) (the crop is
     converted to luma); an alpha channel is kept as it was.
     """
     source = _as_uint8_photo(photo)
@@ -415,4 +411,19 @@ def warp_labels_back(labels_crop: np.ndarray, aligned: AlignedFace, photo_shape)
     valid = (us >= 0) & (us < size) & (vs >= 0) & (vs < size)
     region = out[rows, cols]
     region[valid] = labels_crop[vs[valid], us[valid]]
+    return out
+
+
+def warp_labels_to_crop(labels: np.ndarray, aligned: AlignedFace) -> np.ndarray:
+    """A photo-sized label map or mask sampled into the crop (nearest neighbour); 0 outside the photo."""
+    labels = np.asarray(labels)
+    height, width = labels.shape[:2]
+    size = int(aligned.size)
+    grid_y, grid_x = np.mgrid[0:size, 0:size]
+    points = apply_affine(aligned.inverse, np.stack([grid_x.ravel(), grid_y.ravel()], axis=1).astype(np.float64))
+    xs = np.floor(points[:, 0] + 0.5).astype(np.int64).reshape(size, size)
+    ys = np.floor(points[:, 1] + 0.5).astype(np.int64).reshape(size, size)
+    valid = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
+    out = np.zeros((size, size), dtype=labels.dtype)
+    out[valid] = labels[ys[valid], xs[valid]]
     return out

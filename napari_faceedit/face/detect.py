@@ -283,12 +283,11 @@ class MTCNNDetector:
     pyramid_factor = 0.709  # scale step between pyramid levels (area halves every two levels)
 
     def __init__(self, min_face_size: float = 20, min_face_fraction: float = 0.015, max_side: int = 1280,
-                 device: str = "cpu", batch_size: int = 256, num_threads: int | None = 1):
+                 device: str = "cpu", batch_size: int = 256):
         import torch
 
-        # The networks are tiny: intra-op threads gain little on CPU, and on a busy machine OpenMP
-        # threads stall each other (10x slower measured on a shared 2-core box). None = leave torch's.
-        self.num_threads = num_threads
+        # No torch.set_num_threads here: it is process-wide, and toggling it from a worker thread
+        # throttles every other torch computation running at that moment.
         self.min_face_size = float(min_face_size)
         self.min_face_fraction = float(min_face_fraction)
         self.max_side = int(max_side)
@@ -411,20 +410,12 @@ class MTCNNDetector:
         # Smallest face searched for, in working pixels: the photo-pixel limits, and P-Net's 12 px window.
         min_face = max(self.min_face_size, self.min_face_fraction * min(height, width)) * shrink
         min_face = max(min_face, 12.0)
-        previous_threads = torch.get_num_threads()
-        limit_threads = self.device.type == "cpu" and self.num_threads and self.num_threads != previous_threads
-        if limit_threads:
-            torch.set_num_threads(self.num_threads)
-        try:
-            with torch.inference_mode():
-                boxes = self._refine(work, self._propose(work, min_face))
-                if len(boxes) and shrink < 1.0:
-                    boxes[:, :4] /= shrink
-                # The last stage reads the full-resolution photo, so landmarks keep its precision.
-                return self._output(image, boxes)
-        finally:
-            if limit_threads:
-                torch.set_num_threads(previous_threads)
+        with torch.inference_mode():
+            boxes = self._refine(work, self._propose(work, min_face))
+            if len(boxes) and shrink < 1.0:
+                boxes[:, :4] /= shrink
+            # The last stage reads the full-resolution photo, so landmarks keep its precision.
+            return self._output(image, boxes)
 
 
 register_detector("mtcnn", MTCNNDetector)

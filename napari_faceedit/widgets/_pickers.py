@@ -1,6 +1,7 @@
 """Small Qt pickers kept in sync with the viewer's layer list."""
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QWidget
@@ -9,36 +10,50 @@ from ..vocab import HAIR_COLOR_ATTRIBUTES
 
 
 class LayerPicker(QComboBox):
-    """Combo box of the viewer's layers of the given kinds ("image", "labels", "shapes")."""
+    """Combo box of the viewer's layers of the given kinds ("image", "labels", "shapes").
+
+    It follows layers being added, removed, moved and renamed; the chosen layer stays chosen under
+    a new name (each picker listens to every layer itself, so several docked widgets stay in step)."""
 
     def __init__(self, viewer, kinds: tuple[str, ...], none_text: Optional[str] = None, parent=None):
         super().__init__(parent)
         self.viewer = viewer
         self.kinds = kinds
         self.none_text = none_text
+        self._renames_followed: weakref.WeakSet = weakref.WeakSet()
+        self._chosen_id: Optional[int] = None  # id() of the chosen layer: survives renames
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.moved, events.changed):
             event.connect(self.refresh)
+        self.currentIndexChanged.connect(self._remember_choice)
         self.refresh()
 
+    def _layers(self) -> list:
+        return [layer for layer in self.viewer.layers if layer._type_string in self.kinds]
+
+    def _remember_choice(self, *_):
+        layer = self.layer()
+        self._chosen_id = id(layer) if layer is not None else None
+
     def refresh(self, *_):
-        current = self.currentText()
+        layers = self._layers()
         self.blockSignals(True)
         self.clear()
         if self.none_text is not None:
             self.addItem(self.none_text)
         for layer in self.viewer.layers:
-            if layer._type_string in self.kinds:
-                self.addItem(layer.name)
-                if not getattr(layer, "_faceedit_rename_hooked", False):
-                    layer.events.name.connect(self.refresh)
-                    layer._faceedit_rename_hooked = True
-        index = self.findText(current)
-        if index >= 0:
-            self.setCurrentIndex(index)
-        elif self.none_text is None and self.count():
+            if layer not in self._renames_followed:
+                layer.events.name.connect(self.refresh)
+                self._renames_followed.add(layer)
+        for layer in layers:
+            self.addItem(layer.name)
+        chosen = next((layer for layer in layers if id(layer) == self._chosen_id), None)
+        if chosen is not None:
+            self.setCurrentIndex(self.findText(chosen.name))
+        elif self.none_text is None and layers:
             self.setCurrentIndex(self.count() - 1)  # the newest layer is the usual target
         self.blockSignals(False)
+        self._remember_choice()
 
     def layer(self):
         name = self.currentText()

@@ -74,6 +74,10 @@ class RunPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
         layout.addWidget(self.backend_info)
+        # The chosen backend's declared parameters, as a magicgui form (rebuilt on backend change).
+        self.parameter_form = None
+        self._form_holder = QVBoxLayout()
+        layout.addLayout(self._form_holder)
         layout.addWidget(self.weights_button)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
@@ -131,7 +135,26 @@ class RunPanel(QWidget):
             self.backend_info.setText(text if ready else f"{text}\nNot ready: {why}")
             self.run_button.setEnabled(ready and not self.running)
             self.run_button.setToolTip("" if ready else why)
+        self._build_parameter_form(backend)
         self.backend_changed.emit(backend)
+
+    def _build_parameter_form(self, backend) -> None:
+        from ._param_form import parameter_form
+
+        if self.parameter_form is not None:
+            self._form_holder.removeWidget(self.parameter_form.native)
+            self.parameter_form.native.setParent(None)
+            self.parameter_form.native.deleteLater()
+            self.parameter_form = None
+        if backend is not None and backend.declared_parameters():
+            self.parameter_form = parameter_form(backend.declared_parameters())
+            self._form_holder.addWidget(self.parameter_form.native)
+
+    def parameter_values(self) -> dict:
+        """The form's values (validated against the declaration when the run starts)."""
+        if self.parameter_form is None:
+            return {}
+        return {widget.name: widget.value for widget in self.parameter_form}
 
     def open_weights_dialog(self):
         from .weights_dialog import WeightsDialog

@@ -79,4 +79,5 @@ class FaceLabelsWidget(QWidget):
 
     def _parse_request(self, device):
         layer = self.image_picker.layer()
-        return ParseRequest(image=image_array(layer), device=device), InputInfo.of(layer)
+        return (ParseRequest(image=image_array(layer), device=device, params=self.parse_panel.parameter_values()),
+                InputInfo.of(layer))

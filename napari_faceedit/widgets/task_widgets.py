@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qtpy.QtWidgets import (
-    QCheckBox, QFormLayout, QLabel, QPlainTextEdit, QSlider, QSpinBox, QVBoxLayout, QWidget,
+    QFormLayout, QLabel, QPlainTextEdit, QSlider, QSpinBox, QVBoxLayout, QWidget,
 )
 from qtpy.QtCore import Qt
 
@@ -51,8 +51,12 @@ class _TaskWidget(QWidget):
             self.attributes.set_attributes(tuple(getattr(backend, "supported_attributes", ())))
 
     def common(self, device: str) -> dict:
+        """Device, face choice and the backend parameter form's values: read when Run is pressed."""
         index = self.face_index.value()
-        return dict(device=device, face_index=None if index < 0 else index)
+        backend = self.panel.backend()
+        per_face = backend is not None and backend.per_face
+        return dict(device=device, face_index=None if index < 0 or not per_face else index,
+                    params=self.panel.parameter_values())
 
     def source_image(self):
         layer = self.image_picker.layer()
@@ -135,10 +139,7 @@ class RestoreWidget(_TaskWidget):
 
     def build_inputs(self):
         self.form.addRow("Face", self.face_index)
-        self.return_crops = QCheckBox("also add the aligned face crops (before / after)")
-        self.form.addRow(self.return_crops)
 
     def make_request(self, device):
         layer, image = self.source_image()
-        params = {"return_crops": True} if self.return_crops.isChecked() else {}
-        return RestoreRequest(image=image, params=params, **self.common(device)), InputInfo.of(layer)
+        return RestoreRequest(image=image, **self.common(device)), InputInfo.of(layer)

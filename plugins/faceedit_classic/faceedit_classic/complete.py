@@ -8,8 +8,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.restoration import inpaint_biharmonic
 
-from napari_faceedit.backend import Backend
-from napari_faceedit.tasks import CompleteRequest, Provenance, Result, Task
+from napari_faceedit.backend import Backend, RunContext
+from napari_faceedit.tasks import CompleteRequest, Result, Task
 from napari_faceedit.vocab import CLASS_INDEX, check_attributes
 
 # Holes whose deepest point is this far (px) from known pixels are "large": diffusion alone blurs them.
@@ -62,12 +62,10 @@ def axis_from_labels(labels: np.ndarray | None) -> MirrorAxis | None:
     return None
 
 
-def axis_from_detector(image: np.ndarray, hole: np.ndarray) -> MirrorAxis | None:
+def axis_from_detector(image: np.ndarray, hole: np.ndarray, detect) -> MirrorAxis | None:
     """Midline from the 5 landmarks of the detected face nearest to the hole, when a detector is installed."""
     try:
-        from napari_faceedit.face.detect import detect_faces
-
-        faces = detect_faces(image)
+        faces = detect(image)
     except Exception:  # noqa: BLE001 - no detector (or no face): fall back to searching
         return None
     if not faces:
@@ -199,19 +197,20 @@ class ClassicCompletion(Backend):
                    "and it cannot steer attributes.")
     supported_attributes = ()
 
-    def run(self, request: CompleteRequest, progress, cancelled) -> Result:
+    def run(self, request: CompleteRequest, ctx: RunContext) -> Result:
         check_attributes(request.attributes, self.supported_attributes, self.name)
         image, hole = request.image, request.mask
+        progress = ctx.progress
         progress(0, 3, "measuring the hole")
         depth = ndimage.distance_transform_edt(hole).max()
         work = image
         notes = "biharmonic inpainting"
         mirrored = np.zeros_like(hole)
         if depth > LARGE_HOLE_DEPTH:
-            axis = (axis_from_labels(request.labels) or axis_from_detector(image, hole)
+            axis = (axis_from_labels(request.labels) or axis_from_detector(image, hole, ctx.detect)
                     or axis_by_search(image, ~hole, hole))
             error = mirror_error(image, ~hole, hole, axis)
-            self.check(cancelled)
+            ctx.check()
             # Only trust the mirror when the surroundings of the hole really look like their mirror image.
             if error < MAX_MIRROR_ERROR:
                 filled, mirrored = mirror_fill(image, hole, axis)
@@ -225,12 +224,12 @@ class ClassicCompletion(Backend):
                     notes = "biharmonic inpainting (the hole lies on the face midline)"
             else:
                 notes = f"biharmonic inpainting (no trustworthy symmetry: mirror error {error:.1f})"
-        self.check(cancelled)
+        ctx.check()
         progress(1, 3, "inpainting")
         remaining = hole & ~mirrored
         if remaining.any():
             work = biharmonic_fill(work, remaining)
-        self.check(cancelled)
+        ctx.check()
         if mirrored.any():
             # Soften the seam between mirrored and diffused content with a light blur inside the hole only.
             blurred = ndimage.gaussian_filter(work.astype(np.float64), sigma=(1.0, 1.0, 0))
@@ -241,4 +240,5 @@ class ClassicCompletion(Backend):
         out = image.copy()
         out[hole] = work[hole]  # pixels outside the hole are the input's, bit for bit
         progress(3, 3, "done")
-        return Result(image=out, provenance=Provenance(notes=notes))
+        ctx.note(notes)
+        return Result(image=out)

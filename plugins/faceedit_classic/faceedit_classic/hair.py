@@ -5,8 +5,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.color import lab2rgb, rgb2lab
 
-from napari_faceedit.backend import Backend
-from napari_faceedit.tasks import EditAttributesRequest, ParseRequest, Provenance, Result, Task
+from napari_faceedit.backend import Backend, RunContext
+from napari_faceedit.tasks import EditAttributesRequest, Result, Task
 from napari_faceedit.vocab import CLASS_INDEX, HAIR_COLOR_ATTRIBUTES, check_attributes
 
 # Target hair colour as (mean L*, a*, b*, lightness contrast factor), measured by eye on typical
@@ -68,33 +68,32 @@ class ClassicHairColor(Backend):
                    "looks flat.")
     supported_attributes = HAIR_COLOR_ATTRIBUTES
 
-    def run(self, request: EditAttributesRequest, progress, cancelled) -> Result:
+    # Works on the whole photo (long hair reaches far beyond an aligned face crop); the face index
+    # chooses whose hair when the labels come from the parse service.
+    per_face = True
+
+    def run(self, request: EditAttributesRequest, ctx: RunContext) -> Result:
         check_attributes(request.attributes, self.supported_attributes, self.name)
         target = target_hair_color(request.attributes)
         labels = request.labels
-        notes = "hair from the given label map"
+        if labels is not None and (request.face_index is not None or request.landmarks is not None):
+            raise ValueError("hair labels were given: a face index or landmarks do not apply (the labels say where the hair is)")
         if labels is None:
-            labels = self._auto_parse(request, progress, cancelled)
-            notes = "hair from an automatic face parse"
+            ctx.progress(0, 2, "parsing the face")
+            try:
+                labels = ctx.parse(request.image, face_index=request.face_index)
+            except LookupError:
+                raise ValueError("no hair labels given and no face parser is installed: paint the hair "
+                                 "label (13 'hair') in a Face labels layer and select it") from None
+            ctx.note("hair from an automatic face parse")
+        else:
+            ctx.note("hair from the given label map")
         hair = labels == HAIR
         if not hair.any():
             raise ValueError("the label map has no hair pixels (label 13 'hair'): paint the hair first")
-        self.check(cancelled)
-        progress(1, 2, f"recolouring hair to {target}")
+        ctx.check()
+        ctx.progress(1, 2, f"recolouring hair to {target}")
         out = recolor_hair(request.image, hair, target, request.strength)
-        progress(2, 2, "done")
-        return Result(image=out, provenance=Provenance(notes=f"{notes}; target {target}"))
-
-    def _auto_parse(self, request, progress, cancelled) -> np.ndarray:
-        from napari_faceedit.registry import get_registry
-        from napari_faceedit.runner import execute
-
-        try:
-            parser = get_registry().best_for(Task.PARSE)
-        except LookupError:
-            raise ValueError("no hair labels given and no face parser is installed: paint the hair "
-                             "label (13 'hair') in a Face labels layer and select it") from None
-        progress(0, 2, f"parsing the face with {parser.name}")
-        parsed = execute(parser, ParseRequest(image=request.image, device=request.device), cancelled=cancelled)
-        self.check(cancelled)
-        return parsed.labels
+        ctx.progress(2, 2, "done")
+        ctx.note(f"target {target}")
+        return Result(image=out)

@@ -6,13 +6,9 @@ from skimage.color import lab2rgb, rgb2lab
 from skimage.filters import unsharp_mask
 from skimage.restoration import denoise_nl_means, estimate_sigma
 
-from napari_faceedit.backend import Backend
-from napari_faceedit.tasks import Provenance, RestoreRequest, Result, Task
-
-
-def is_grayscale(image: np.ndarray, tolerance: int = 2) -> bool:
-    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2).astype(np.int16)
-    return bool(np.percentile(spread, 99) <= tolerance)
+from napari_faceedit.backend import Backend, RunContext
+from napari_faceedit.params import Param
+from napari_faceedit.tasks import RestoreRequest, Result, Task, is_grayscale
 
 
 def denoise_sharpen(image: np.ndarray, sharpen_amount: float = 0.8, progress=None, check=None) -> tuple[np.ndarray, str]:
@@ -48,10 +44,12 @@ class ClassicRestoration(Backend):
     limitations = ("No face prior: it cannot recover detail lost to blur or low resolution, and strong "
                    "JPEG blocking is only softened.")
 
-    def run(self, request: RestoreRequest, progress, cancelled) -> Result:
-        progress(0, 3, "estimating noise")
-        amount = float(request.params.get("sharpen", 0.8))
-        out, notes = denoise_sharpen(request.image, amount, progress, lambda: self.check(cancelled))
-        self.check(cancelled)
-        progress(3, 3, "done")
-        return Result(image=out, provenance=Provenance(notes=notes))
+    parameters = (Param("sharpen", 0.8, "unsharp-mask amount on luminance after denoising", min=0.0, max=3.0),)
+
+    def run(self, request: RestoreRequest, ctx: RunContext) -> Result:
+        ctx.progress(0, 3, "estimating noise")
+        out, notes = denoise_sharpen(request.image, ctx.params["sharpen"], ctx.progress, ctx.check)
+        ctx.check()
+        ctx.progress(3, 3, "done")
+        ctx.note(notes)
+        return Result(image=out)

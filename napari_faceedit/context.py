@@ -1,0 +1,108 @@
+"""What the runner hands a backend for one run: device, seed, validated parameters, progress and
+cancel, the model cache, face detection (once per image per run) and a face-parse service."""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .model_cache import MODEL_CACHE, ModelCache
+
+ProgressCallback = Callable[[int, int, str], None]  # (step, total, message)
+CancelledCallback = Callable[[], bool]
+# (image, ctx, face_index, whole_image) -> (H, W) labels in CelebAMask-HQ order
+ParseService = Callable[[np.ndarray, "RunContext", Optional[int], bool], np.ndarray]
+
+
+class RunCancelled(Exception):
+    """Raised inside a backend when the user cancelled; the runner turns it into "no result"."""
+
+
+def _no_progress(step: int, total: int, message: str) -> None:
+    pass
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class RunContext:
+    owner: str = ""  # the backend this context serves (the model cache's owner)
+    device: str = "cpu"
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressCallback = _no_progress
+    cancelled: CancelledCallback = _never
+    cache: ModelCache = MODEL_CACHE
+    parse_service: Optional[ParseService] = None
+    allow_no_face: bool = False  # batch mode: an image without a face passes through unchanged
+    notes: list[str] = field(default_factory=list)
+    weights_used: list[tuple[str, str]] = field(default_factory=list)  # (weights id or file, sha256)
+    detections: dict = field(default_factory=dict)  # shared with derived contexts: detect once per image
+
+    def check(self) -> None:
+        """Raise :class:`RunCancelled` when the user asked to stop."""
+        if self.cancelled():
+            raise RunCancelled()
+
+    def note(self, text: str) -> None:
+        if text and text not in self.notes:
+            self.notes.append(text)
+
+    def derived(self, owner: str, params: dict[str, Any], progress: Optional[ProgressCallback] = None) -> "RunContext":
+        """A context for a service backend (e.g. the parser): same device, cancel, cache and detections."""
+        return dataclasses.replace(self, owner=owner, params=params, progress=progress or _no_progress,
+                                   notes=[], weights_used=[])
+
+    # -- faces ------------------------------------------------------------------------------------
+    def detect(self, image: np.ndarray) -> list:
+        """Detected faces of ``image`` (largest first), computed once per image per run."""
+        from .face.detect import detect_faces
+
+        image = np.ascontiguousarray(image)
+        key = (image.shape, zlib.crc32(image.data))
+        if key not in self.detections:
+            self.detections[key] = detect_faces(image)
+        return list(self.detections[key])
+
+    def parse(self, image: np.ndarray, face_index: Optional[int] = None, whole_image: bool = False) -> np.ndarray:
+        """Face labels of ``image`` from the best ready parser (19 CelebAMask-HQ classes)."""
+        if self.parse_service is None:
+            raise LookupError("no face parser is installed: paint the labels by hand, or install a parsing backend")
+        return self.parse_service(image, self, face_index, whole_image)
+
+    # -- models -----------------------------------------------------------------------------------
+    def load_weights(self, weights_id: str, build: Callable[[dict], Any]) -> Any:
+        """``build(config)`` with the catalogue's weights loaded (strict), in eval mode on the device;
+        cached by (backend, weights sha256, device), so a re-imported file takes effect at once."""
+        from . import weights
+
+        sha = weights.sha256_file(weights.path(weights_id))
+
+        def load():
+            model = build(dict(weights.entry(weights_id).config or {}))
+            weights.load_state_dict(weights_id, model)
+            return model.eval().to(self.device)
+
+        model = self.cache.get(self.owner, (weights_id, sha, self.device), load, weights_id)
+        self.weights_used.append((weights_id, sha))
+        return model
+
+    def load_bundled(self, file_name: str, build: Callable[[], Any]) -> Any:
+        """One of our shipped models (``build()`` then the bundled state dict), cached like ``load_weights``."""
+        from . import weights
+
+        sha = weights.sha256_file(weights.bundled_path(file_name))
+
+        def load():
+            model = build()
+            weights.load_bundled(file_name, model)
+            return model.float().eval().to(self.device)
+
+        model = self.cache.get(self.owner, (file_name, sha, self.device), load)
+        self.weights_used.append((file_name, sha))
+        return model
