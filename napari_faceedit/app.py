@@ -23,6 +23,9 @@ def open_viewer(sample: bool = True, show: bool = True):
 def launch(screenshot: Optional[Path] = None, sample: bool = True) -> int:
     import napari
 
+    from .context import configure_torch_threads
+
+    configure_torch_threads()
     viewer, docked = open_viewer(sample=sample)
     if screenshot is not None:
         _screenshot(viewer, docked, screenshot)

@@ -278,6 +278,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     apply_offline(args)
     try:
+        from .context import configure_torch_threads
+
+        configure_torch_threads()
         return int(args.func(args) or 0)
     except (ValueError, KeyError, LookupError, FileNotFoundError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

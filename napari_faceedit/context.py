@@ -17,6 +17,25 @@ CancelledCallback = Callable[[], bool]
 ParseService = Callable[[np.ndarray, "RunContext", Optional[int], bool], np.ndarray]
 
 
+THREADS_ENV = "FACEEDIT_TORCH_THREADS"
+
+
+def configure_torch_threads() -> None:
+    """Set torch's CPU thread count once for the process from ``$FACEEDIT_TORCH_THREADS`` (the CLI
+    and the napari launcher call this at start). Never toggled per run: the setting is process-wide,
+    and changing it from a worker thread would throttle every other run in flight."""
+    import os
+
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_ENV} must be a whole number >= 1, got {value!r}")
+    import torch
+
+    torch.set_num_threads(int(value))
+
+
 class RunCancelled(Exception):
     """Raised inside a backend when the user cancelled; the runner turns it into "no result"."""
 

@@ -35,6 +35,9 @@ class ParityModel:
     outputs: Callable[[object, dict], dict]
     required: tuple[str, ...] = ()
     compare: dict | None = None
+    # Fixture arrays that are inputs (fed to the model, never compared). Every other array of a
+    # fixture must be compared, or the check fails: a fixture is never passed with nothing checked.
+    inputs: tuple[str, ...] = ("input",)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def synth_state_dict(rows: list[KeyRow], model, rescaled: bool = False) -> dict:
                 raise KeyError(f"kept_from_model key '{row.name}' does not exist in our model")
             state[row.name] = own[row.name]
             continue
-        value = synth_tensor(row.name, row.shape)
+        value = np.asarray(synth_tensor(row.name, row.shape))  # 0-d rows (e.g. logit_scale) too
         if rescaled and row.rescaled_mult != 1.0:
             value = (value * np.float32(row.rescaled_mult)).astype(np.float32)
         state[row.name] = torch.from_numpy(value)
@@ -116,6 +119,7 @@ def check_folder(model_spec: ParityModel, folder: Path, out=sys.stdout) -> bool:
 
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
+    config.setdefault("fixture_dir", str(folder))  # models that read data files from the fixture (CLIP's BPE)
     keys_file = folder / "fixture_keys.tsv"
     if not keys_file.exists():
         keys_file = folder / "keys.tsv"
@@ -135,6 +139,15 @@ def check_folder(model_spec: ParityModel, folder: Path, out=sys.stdout) -> bool:
         if missing:
             print(f"{fixture.name}: our model did not produce {missing}", file=out)
             all_ok = False
+        uncompared = sorted(set(arrays) - set(produced) - set(model_spec.inputs))
+        if uncompared:
+            print(f"{fixture.name}: expected arrays not compared: {uncompared}", file=out)
+            all_ok = False
+        absent = [n for n in model_spec.required if n not in arrays]
+        if absent or not set(produced) & set(arrays):
+            print(f"{fixture.name}: the fixture lacks the expected arrays {absent or list(model_spec.required)}: "
+                  "nothing to compare them with", file=out)
+            all_ok = False
         for name in sorted(produced):
             if name not in arrays:
                 continue
@@ -143,7 +156,8 @@ def check_folder(model_spec: ParityModel, folder: Path, out=sys.stdout) -> bool:
                 diff, ok = compare(produced[name], arrays[name], arrays)
             else:
                 diff, ok = relative_check(produced[name], arrays[name])
-            scale = float(np.max(np.abs(arrays[name]))) if arrays[name].size else 0.0
+            numeric = arrays[name].dtype.kind in "biuf" and arrays[name].size
+            scale = float(np.max(np.abs(arrays[name]))) if numeric else 0.0
             print(f"{fixture.name}:{name}: max|diff|={diff:.3e} (max|expected|={scale:.3e}) "
                   f"{'ok' if ok else 'FAIL'}", file=out)
             all_ok &= ok

@@ -375,3 +375,24 @@ def test_official_layout_checkpoint_loads_through_the_weights_manager(tmp_path):
         assert torch.equal(generator.main[0].weight, official.main[0].weight)
     finally:
         weights.reset_settings()
+
+
+def test_parity_fails_when_an_expected_array_is_not_compared(tmp_path):
+    """A fixture array our model does not produce must fail the check, never pass unnoticed."""
+    import io
+    import shutil
+
+    from napari_faceedit.parity import check_folder
+
+    folder = require_fixture()
+    for name in ("config.json", "keys.tsv", "fixture_keys.tsv"):
+        shutil.copy(folder / name, tmp_path / name)
+    arrays = dict(np.load(folder / "fixture.npz"))
+    np.savez(tmp_path / "fixture.npz", **arrays, surprise=np.ones(3, np.float32))
+    log = io.StringIO()
+    assert not check_folder(PARITY_MODEL, tmp_path, out=log)
+    assert "expected arrays not compared: ['surprise']" in log.getvalue()
+    np.savez(tmp_path / "fixture.npz", input=arrays["input"], labels=arrays["labels"])
+    log = io.StringIO()
+    assert not check_folder(PARITY_MODEL, tmp_path, out=log)  # only the inputs: nothing was compared
+    assert "the fixture lacks the expected arrays" in log.getvalue()

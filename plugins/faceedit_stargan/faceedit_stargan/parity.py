@@ -34,6 +34,7 @@ PARITY_MODEL = ParityModel(
     "stargan",
     build=build,
     outputs=outputs,
+    inputs=("input", "labels"),
     required=tuple(f"{kind}_{suffix}" for suffix in MODE_SUFFIX.values()
                    for kind in ("output", "pre_tanh", "feat_down", "feat_bottleneck")),
 )
