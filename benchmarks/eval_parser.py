@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceedit_parsing.backends import compact_weights_path, load_compact
+from faceedit_parsing.backend import compact_weights_path, load_compact
 from faceedit_parsing.compact import TTA_MODES, TTA_SIZES, n_parameters, predict
 from faceedit_parsing.train import confusion, iou_from_confusion, load_pairs, major_miou
 from napari_faceedit.vocab import CLASS_NAMES, MAJOR_CLASSES, N_CLASSES, colorize
@@ -42,7 +42,7 @@ def readme_figure(path: Path) -> None:
     from PIL import Image
     from skimage.data import astronaut
 
-    from faceedit_parsing.backends import CompactParserBackend
+    from faceedit_parsing.backend import CompactParserBackend
     from faceedit_parsing.compact import INPUT_SIZE
     from napari_faceedit.runner import execute
     from napari_faceedit.tasks import ParseRequest

@@ -96,7 +96,7 @@ class Paste(str, enum.Enum):
     """How an edited crop goes back into the photo."""
 
     SOFT_BOX = "soft-box"  # the whole crop, easing to 0 at its border
-    FACE_MASK = "face-mask"  # the face region the parse service finds in the edited crop (soft box without a parser)
+    FACE_REGION = "face-region"  # the face region the parse service finds in the edited crop (soft box without a parser)
     HOLE = "hole"  # only the user's hole: every pixel outside it stays bit-for-bit
     REGION = "region"  # crop-sized weights returned by process_crop (CropResult.region)
     LABELS = "labels"  # a label map is warped back (parsers); no image is pasted
@@ -175,7 +175,7 @@ class FaceBackend(Backend):
         from .face.pipeline import face_region_weights
 
         policy = self.paste_policy(ctx)
-        if policy is Paste.FACE_MASK:
+        if policy is Paste.FACE_REGION:
             return face_region_weights(edited.image, ctx)
         if policy is Paste.REGION:
             if edited.region is None:

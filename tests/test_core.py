@@ -201,7 +201,7 @@ def test_classic_completion_rejects_attributes(portrait):
     ("Black_Hair", lambda before, after: after[..., 0].mean() < 25),
     ("Gray_Hair", lambda before, after: np.hypot(after[..., 1], after[..., 2]).mean() < 8),
 ])
-def test_classic_hair_recolour_changes_hair_only(portrait, target, check):
+def test_classic_hair_recolor_changes_hair_only(portrait, target, check):
     from faceedit_classic.hair import ClassicHairColor
 
     labels = np.zeros(portrait.shape[:2], int)

@@ -149,7 +149,7 @@ def test_paste_back_copy_exactness_and_mask():
     # a caller mask restricts the paste further
     mask = np.zeros((128, 128))
     mask[40:90, 40:90] = 1
-    masked = paste_back(photo, white, aligned, mask=mask, feather=0.05)
+    masked = paste_back(photo, white, aligned, weights=mask, feather=0.05)
     changed = np.any(masked != photo, axis=2)
     rows, cols = np.nonzero(changed)
     assert 60 + 25 <= rows.min() and rows.max() <= 60 + 105 and 100 + 25 <= cols.min() and cols.max() <= 100 + 105
@@ -162,7 +162,7 @@ def test_paste_back_copy_exactness_and_mask():
     assert (out_rgba[..., 3] == 7).all() and (out_rgba[..., :3][weights > 0.999] == 255).all()
 
 
-def test_paste_back_color_match_pulls_towards_photo_colours():
+def test_paste_back_color_match_pulls_towards_photo_colors():
     photo = smooth_photo(200, 200, seed=5)
     aligned = align_face(photo, template_points("ffhq", 128) + [30, 30], 128)
     tinted = np.clip(aligned.crop.astype(int) + [60, -40, 0], 0, 255).astype(np.uint8)

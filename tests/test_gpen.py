@@ -186,7 +186,7 @@ def test_parser_mask_used_when_available(astronaut, fixed_faces):
         pytest.skip("faceparse-compact has no weights")
     backend = GPEN512(model=tiny_gpen())
     soft = execute(backend, RestoreRequest(image=astronaut, params={"paste": "soft-box"})).image
-    parsed = execute(backend, RestoreRequest(image=astronaut, params={"paste": "face-mask"}), parser=parser)
+    parsed = execute(backend, RestoreRequest(image=astronaut, params={"paste": "face-region"}), parser=parser)
     assert "face parse by faceparse-compact" in parsed.provenance.notes
     assert "faceparse_compact.pt" in [m["weights"] for m in parsed.provenance.models]
     assert np.abs(parsed.image.astype(int) - soft).max() > 10  # a different paste region

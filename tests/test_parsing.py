@@ -171,7 +171,7 @@ def test_parser_trainer_is_exposed_through_the_hook():
 
 
 def test_compact_weights_ship_and_load():
-    from faceedit_parsing.backends import compact_weights_path, load_compact
+    from faceedit_parsing.backend import compact_weights_path, load_compact
 
     path = compact_weights_path()
     assert path.exists(), path
@@ -185,7 +185,7 @@ def test_compact_weights_ship_and_load():
 
 @needs_val
 def test_compact_parser_val_quality():
-    from faceedit_parsing.backends import load_compact
+    from faceedit_parsing.backend import load_compact
     from faceedit_parsing.compact import predict
     from faceedit_parsing.train import confusion, iou_from_confusion, load_pairs, major_miou
 
@@ -200,7 +200,7 @@ def test_compact_parser_val_quality():
 def test_test_time_augmentation_keeps_labels_aligned_and_helps():
     """Mirrored passes must swap left/right classes back and rescaled passes must land on the same
     pixels: a mistake in either costs far more than the small gain asserted here."""
-    from faceedit_parsing.backends import load_compact
+    from faceedit_parsing.backend import load_compact
     from faceedit_parsing.compact import TTA_MODES, predict
     from faceedit_parsing.train import confusion, iou_from_confusion, load_pairs, major_miou
 
@@ -219,7 +219,7 @@ def test_test_time_augmentation_keeps_labels_aligned_and_helps():
 def test_compact_backend_parses_a_face_crop_through_the_runner():
     from PIL import Image
 
-    from faceedit_parsing.backends import CompactParserBackend
+    from faceedit_parsing.backend import CompactParserBackend
     from faceedit_parsing.train import confusion, iou_from_confusion, major_miou
     from napari_faceedit.runner import execute
     from napari_faceedit.tasks import ParseRequest
@@ -238,7 +238,7 @@ def test_compact_backend_parses_a_face_crop_through_the_runner():
 
 
 def test_compact_backend_cancels_before_parsing():
-    from faceedit_parsing.backends import CompactParserBackend
+    from faceedit_parsing.backend import CompactParserBackend
     from napari_faceedit.runner import execute
     from napari_faceedit.tasks import ParseRequest
 
@@ -249,7 +249,7 @@ def test_compact_backend_cancels_before_parsing():
 
 
 def test_bisenet_backend_reports_missing_weights():
-    from faceedit_parsing.backends import BiSeNetParser
+    from faceedit_parsing.backend import BiSeNetParser
     from napari_faceedit import weights
 
     if not weights.missing(["bisenet-79999"]):
@@ -260,7 +260,7 @@ def test_bisenet_backend_reports_missing_weights():
 
 def test_bisenet_crop_preprocessing_maps_to_our_classes():
     """A network that always answers BiSeNet class 17 (hair) must give CelebAMask-HQ hair (13) at crop size."""
-    from faceedit_parsing.backends import bisenet_parse_crop
+    from faceedit_parsing.backend import bisenet_parse_crop
 
     seen = {}
 
@@ -284,7 +284,7 @@ def test_bisenet_crop_preprocessing_maps_to_our_classes():
 def test_compact_backend_parses_a_whole_photo_through_detection():
     from skimage.data import astronaut
 
-    from faceedit_parsing.backends import CompactParserBackend
+    from faceedit_parsing.backend import CompactParserBackend
     from napari_faceedit.runner import execute
     from napari_faceedit.tasks import ParseRequest
 

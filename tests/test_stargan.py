@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from faceedit_stargan.backend import StarGAN256Backend, StarGANBackend, face_mask, label_vectors  # noqa: E402
+from faceedit_stargan.backend import StarGAN256Backend, StarGANBackend, face_ellipse, label_vectors  # noqa: E402
 from faceedit_stargan.model import Discriminator, Generator, StarInstanceNorm  # noqa: E402
 from faceedit_stargan.parity import PARITY_MODEL  # noqa: E402
 
@@ -189,7 +189,7 @@ def test_training_gives_finite_losses_and_resume_continues_exactly(tmp_path):
     generator.load_state_dict(b, strict=True)
 
 
-def test_random_targets_keep_hair_colours_exclusive():
+def test_random_targets_keep_hair_colors_exclusive():
     from faceedit_stargan.train import random_targets
 
     labels = torch.tensor([[1, 1, 1, 0, 1], [1, 0, 1, 1, 0], [0, 0, 0, 1, 1], [0, 1, 0, 0, 0]], dtype=torch.float32)
@@ -321,10 +321,10 @@ def test_missing_weights_say_which_file_and_how_to_get_it(tmp_path):
         weights.reset_settings()
 
 
-def test_face_mask_is_feathered_and_zero_at_the_crop_edge():
-    mask = face_mask(64)
-    assert mask[32, 32] == 1.0 and mask[0, 0] == 0.0 and mask[32, 0] < 0.1
-    assert 0 < mask[32, 6] < 1
+def test_face_ellipse_is_feathered_and_zero_at_the_crop_edge():
+    ellipse = face_ellipse(64)
+    assert ellipse[32, 32] == 1.0 and ellipse[0, 0] == 0.0 and ellipse[32, 0] < 0.1
+    assert 0 < ellipse[32, 6] < 1
 
 
 def test_our_attribute_classifier_is_small_and_estimates_source_attributes():

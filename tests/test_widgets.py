@@ -60,7 +60,7 @@ def test_complete_widget_fills_only_the_drawn_region(make_napari_viewer, qtbot, 
     assert changed[hole].mean() > 0.5 and not changed[~hole].any()
 
 
-def test_attributes_widget_recolours_painted_hair(make_napari_viewer, qtbot, portrait, fresh_registry):
+def test_attributes_widget_recolors_painted_hair(make_napari_viewer, qtbot, portrait, fresh_registry):
     from napari_faceedit.widgets.labels_widget import FaceLabelsWidget
     from napari_faceedit.widgets.task_widgets import AttributesWidget
 
@@ -88,7 +88,7 @@ def test_attributes_widget_recolours_painted_hair(make_napari_viewer, qtbot, por
     assert changed[hair].mean() > 0.9 and not changed[~ndimage.binary_dilation(hair, iterations=3)].any()
 
 
-def test_face_labels_layer_has_named_classes_and_official_colours(make_napari_viewer, portrait, tmp_path):
+def test_face_labels_layer_has_named_classes_and_official_colors(make_napari_viewer, portrait, tmp_path):
     from napari_faceedit.io import read_index_map, write_atomic
     from napari_faceedit.widgets.labels_widget import FaceLabelsWidget
 

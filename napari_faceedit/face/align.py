@@ -261,7 +261,7 @@ def align_face(
                        photo_shape=(height, width))
 
 
-def soft_box_mask(size: int, feather: float = 0.1) -> np.ndarray:
+def soft_box(size: int, feather: float = 0.1) -> np.ndarray:
     """A (size, size) float mask: 1 in the middle, easing to 0 at the crop's border (rounded corners).
 
     ``feather`` is the width of the soft edge as a fraction of ``size``; the outermost pixel ring is 0,
@@ -277,25 +277,25 @@ def soft_box_mask(size: int, feather: float = 0.1) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
-def _paste_weights(mask: Optional[np.ndarray], size: int, feather: float) -> np.ndarray:
-    box = soft_box_mask(size, feather)
-    if mask is None:
+def _paste_weights(weights: Optional[np.ndarray], size: int, feather: float) -> np.ndarray:
+    box = soft_box(size, feather)
+    if weights is None:
         return box
-    mask = np.asarray(mask, dtype=np.float64)
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    if mask.shape != (size, size):
-        raise ValueError(f"paste mask must be ({size}, {size}), got {mask.shape}")
-    if mask.max(initial=0) > 1.0:
-        mask = mask / 255.0
-    mask = np.clip(mask, 0.0, 1.0)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim == 3:
+        weights = weights[..., 0]
+    if weights.shape != (size, size):
+        raise ValueError(f"paste weights must be ({size}, {size}), got {weights.shape}")
+    if weights.max(initial=0) > 1.0:
+        weights = weights / 255.0
+    weights = np.clip(weights, 0.0, 1.0)
     sigma = float(feather) * size / 4.0
-    soft = ndimage.gaussian_filter(mask, sigma) if sigma > 0 else mask
+    soft = ndimage.gaussian_filter(weights, sigma) if sigma > 0 else weights
     # Also fade at the crop border, so a mask touching the crop's edge leaves no seam.
-    return soft * soft_box_mask(size, min(float(feather), 0.05))
+    return soft * soft_box(size, min(float(feather), 0.05))
 
 
-def _match_colours(pasted: np.ndarray, original: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def _match_colors(pasted: np.ndarray, original: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Shift ``pasted``'s Lab mean (weighted by ``weight``) to ``original``'s. Only the mean: matching
     the spread too would undo part of a restorer's sharpening or an editor's added contrast."""
     from skimage import color
@@ -317,13 +317,13 @@ def paste_back(
     photo: np.ndarray,
     crop: np.ndarray,
     aligned: AlignedFace,
-    mask: Optional[np.ndarray] = None,
+    weights: Optional[np.ndarray] = None,
     feather: float = 0.1,
     color_match: bool = False,
 ) -> np.ndarray:
     """A new photo with ``crop`` (an edited ``aligned.crop``) warped back in; ``photo`` is not modified.
 
-    ``mask``: optional crop-sized weights 0..1 (e.g. from the face parser), softened by ``feather``;
+    ``weights``: optional crop-sized paste weights 0..1 (e.g. from the face parser), softened by ``feather``;
     default: a soft box easing to 0 over the outer ``feather`` fraction of the crop. Where the warped
     weights are 0 the photo is left exactly as it was. ``color_match`` shifts the pasted face's
     Lab mean to the photo's under the weights. Grayscale (H, W) photos stay (H, W) (the crop is
@@ -341,7 +341,7 @@ def paste_back(
     crop = (crop[..., None] if crop.ndim == 2 else crop[..., :3]).astype(np.float32)
     if crop.shape[2] == 1:
         crop = np.repeat(crop, 3, axis=2)
-    weights = _paste_weights(mask, size, feather).astype(np.float32)
+    crop_weights = _paste_weights(weights, size, feather).astype(np.float32)
 
     height, width = source.shape[:2]
     rows, cols = _footprint(aligned.inverse, size, (height, width))
@@ -354,7 +354,7 @@ def paste_back(
     region_shape = (rows.stop - rows.start, cols.stop - cols.start)
     # region (x, y) -> photo (x, y) -> crop (x, y)
     to_crop = compose_affine(aligned.matrix, np.array([[1.0, 0.0, cols.start], [0.0, 1.0, rows.start]]))
-    weight = np.clip(_affine_sample(weights, to_crop, region_shape, mode="zeros"), 0.0, 1.0)
+    weight = np.clip(_affine_sample(crop_weights, to_crop, region_shape, mode="zeros"), 0.0, 1.0)
     weight = weight.astype(np.float64)
     inside = weight > 0
     if not inside.any():
@@ -366,7 +366,7 @@ def paste_back(
     if colour.ndim == 2:
         pasted = pasted @ _LUMA
     if color_match:
-        pasted = _match_colours(pasted, colour, weight)
+        pasted = _match_colors(pasted, colour, weight)
     w = weight if colour.ndim == 2 else weight[..., None]
     blended = np.clip(np.rint(colour * (1.0 - w) + pasted * w), 0, 255).astype(np.uint8)
     region = out[rows, cols]  # a view: writes go into ``out``
@@ -377,7 +377,7 @@ def paste_back(
     return out
 
 
-def paste_weights_in_photo(aligned: AlignedFace, photo_shape, mask: Optional[np.ndarray] = None,
+def paste_weights_in_photo(aligned: AlignedFace, photo_shape, weights: Optional[np.ndarray] = None,
                            feather: float = 0.1) -> np.ndarray:
     """The (H, W) blend weights ``paste_back`` uses (0 where the photo stays untouched)."""
     height, width = int(photo_shape[0]), int(photo_shape[1])
@@ -386,10 +386,10 @@ def paste_weights_in_photo(aligned: AlignedFace, photo_shape, mask: Optional[np.
     rows, cols = _footprint(aligned.inverse, size, (height, width))
     if rows.stop <= rows.start or cols.stop <= cols.start:
         return out
-    weights = _paste_weights(mask, size, feather).astype(np.float32)
+    crop_weights = _paste_weights(weights, size, feather).astype(np.float32)
     to_crop = compose_affine(aligned.matrix, np.array([[1.0, 0.0, cols.start], [0.0, 1.0, rows.start]]))
     region_shape = (rows.stop - rows.start, cols.stop - cols.start)
-    out[rows, cols] = np.clip(_affine_sample(weights, to_crop, region_shape, mode="zeros"), 0.0, 1.0)
+    out[rows, cols] = np.clip(_affine_sample(crop_weights, to_crop, region_shape, mode="zeros"), 0.0, 1.0)
     return out
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 ASSUMED_CROP_MAX_SIDE = 1024
 ASSUMED_CROP_ASPECT = (0.8, 1.25)
-# Parser classes that make up "the face" for Paste.FACE_MASK: skin .. hair (not hat, jewellery, neck, cloth).
+# Parser classes that make up "the face" for Paste.FACE_REGION: skin .. hair (not hat, jewellery, neck, cloth).
 FACE_REGION_CLASSES = tuple(range(1, 14))
 
 
@@ -133,7 +133,7 @@ class FaceRun:
             moved = AlignedFace(crop=aligned.crop, matrix=matrix, size=aligned.size, template=aligned.template,
                                 landmarks=None if aligned.landmarks is None else aligned.landmarks * scale,
                                 photo_shape=photo.shape[:2])
-            photo = paste_back(photo, edited.image, moved, mask=weights, feather=backend.feather,
+            photo = paste_back(photo, edited.image, moved, weights=weights, feather=backend.feather,
                                color_match=_color_match(backend, ctx) and not self.grayscale)
         return photo
 
@@ -212,12 +212,12 @@ def run_face_pipeline(backend: "FaceBackend", request: "Request", ctx: "RunConte
             edited.image = to_gray(edited.image)
         if edited.image is not None and policy is Paste.HOLE:
             # Only the user's hole changes: the crop is warped back with full weight, then masked.
-            whole = paste_back(photo, edited.image, aligned, mask=np.ones((aligned.size,) * 2, np.float32), feather=0.0)
+            whole = paste_back(photo, edited.image, aligned, weights=np.ones((aligned.size,) * 2, np.float32), feather=0.0)
             photo = np.where(hole_photo[..., None], whole, photo)
             paste_footprint = np.maximum(paste_footprint, hole_photo.astype(np.float32))
         elif edited.image is not None and policy is not Paste.LABELS:
             weights = backend.paste_weights(crop, edited, ctx)
-            photo = paste_back(photo, edited.image, aligned, mask=weights, feather=backend.feather,
+            photo = paste_back(photo, edited.image, aligned, weights=weights, feather=backend.feather,
                                color_match=_color_match(backend, ctx) and not run.grayscale)
             footprint = paste_weights_in_photo(aligned, image.shape[:2], weights, backend.feather)
             paste_footprint = np.maximum(paste_footprint, footprint.astype(np.float32))

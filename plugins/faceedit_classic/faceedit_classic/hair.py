@@ -1,4 +1,4 @@
-"""Classical hair recolouring inside the hair label, in CIELAB, with soft edges."""
+"""Classical hair recoloring inside the hair label, in CIELAB, with soft edges."""
 from __future__ import annotations
 
 import numpy as np
@@ -92,7 +92,7 @@ class ClassicHairColor(Backend):
         if not hair.any():
             raise ValueError("the label map has no hair pixels (label 13 'hair'): paint the hair first")
         ctx.check()
-        ctx.progress(1, 2, f"recolouring hair to {target}")
+        ctx.progress(1, 2, f"recoloring hair to {target}")
         out = recolor_hair(request.image, hair, target, request.strength)
         ctx.progress(2, 2, "done")
         ctx.note(f"target {target}")

@@ -40,11 +40,11 @@ class FaceRestorationBackend(FaceBackend):
     tasks = frozenset({Task.RESTORE})
     uses_torch = True
     template: ClassVar[str] = "ffhq"
-    paste = Paste.FACE_MASK
+    paste = Paste.FACE_REGION
     color_match = True
     parameters = (
-        Param("paste", "face-mask", "paste the face region found by the face parser, or a soft box over the crop",
-              choices=("face-mask", "soft-box")),
+        Param("paste", "face-region", "paste the face region found by the face parser, or a soft box over the crop",
+              choices=("face-region", "soft-box")),
         Param("color_match", True, "shift the restored face's mean colour to the photo's"),
         Param("upscale", 1, "also return the whole photo upsampled this many times with the faces restored",
               choices=(1, 2)),

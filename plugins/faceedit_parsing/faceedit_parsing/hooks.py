@@ -3,7 +3,7 @@ from napari_faceedit.hookspecs import hookimpl
 
 @hookimpl
 def faceedit_backends():
-    from .backends import BiSeNetParser, CompactParserBackend
+    from .backend import BiSeNetParser, CompactParserBackend
 
     return [CompactParserBackend, BiSeNetParser]
 

@@ -22,7 +22,7 @@ from napari_faceedit.params import Param
 from napari_faceedit.tasks import EditAttributesRequest, Task
 from napari_faceedit.vocab import check_attributes
 
-from .model import CELEBA_ATTRIBUTES_5, HAIR_COLOURS_5, NORM_MODES
+from .model import CELEBA_ATTRIBUTES_5, HAIR_COLORS_5, NORM_MODES
 UNKNOWN_SOURCE = 0.5
 PASTE_FEATHER = 0.05  # extra blur of our already feathered mask, as a fraction of the crop
 
@@ -30,7 +30,7 @@ PASTE_FEATHER = 0.05  # extra blur of our already feathered mask, as a fraction 
 def label_vectors(requested: dict[str, float], source: dict[str, float], strength: float = 1.0,
                   attributes: tuple[str, ...] = CELEBA_ATTRIBUTES_5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(source vector, target vector, interpolated vector fed to the generator)."""
-    hair_on = [a for a in requested if a in HAIR_COLOURS_5 and float(requested[a]) >= 0.5]
+    hair_on = [a for a in requested if a in HAIR_COLORS_5 and float(requested[a]) >= 0.5]
     if len(hair_on) > 1:
         raise ValueError(f"hair colours are exclusive: asked for {hair_on} at once; pick one")
     src = np.array([float(np.clip(source.get(a, UNKNOWN_SOURCE), 0, 1)) for a in attributes], np.float32)
@@ -38,7 +38,7 @@ def label_vectors(requested: dict[str, float], source: dict[str, float], strengt
     for name, value in requested.items():
         trg[attributes.index(name)] = float(np.clip(value, 0.0, 1.0))
     if hair_on:
-        for name in HAIR_COLOURS_5:
+        for name in HAIR_COLORS_5:
             if name in attributes and name != hair_on[0]:
                 trg[attributes.index(name)] = 0.0
     return src, trg, src + float(strength) * (trg - src)
@@ -59,7 +59,7 @@ def parse_source_attributes(value) -> dict[str, float]:
 def classifier_source(probabilities: np.ndarray, attributes: tuple[str, ...]) -> dict[str, float]:
     """Binary source labels from classifier probabilities; at most one hair colour (the likeliest)."""
     values = {a: float(p >= 0.5) for a, p in zip(attributes, probabilities)}
-    hair = [(probabilities[i], a) for i, a in enumerate(attributes) if a in HAIR_COLOURS_5 and values[a]]
+    hair = [(probabilities[i], a) for i, a in enumerate(attributes) if a in HAIR_COLORS_5 and values[a]]
     if len(hair) > 1:
         best = max(hair)[1]
         for _, name in hair:
@@ -67,7 +67,7 @@ def classifier_source(probabilities: np.ndarray, attributes: tuple[str, ...]) ->
     return values
 
 
-def face_mask(size: int, scale: float = 1.0) -> np.ndarray:
+def face_ellipse(size: int, scale: float = 1.0) -> np.ndarray:
     """Feathered ellipse over the aligned crop (face and hair), 1 inside, falling to 0 at the crop edge,
     so the pasted region has no visible seam and the crop's corners are never pasted."""
     coords = (np.arange(size) + 0.5) / size - 0.5
@@ -159,7 +159,7 @@ class StarGANBackend(FaceBackend):
         return CropResult(image=edited, extras={"label_vectors": vector})
 
     def paste_weights(self, face: FaceCrop, edited: CropResult, ctx: RunContext) -> np.ndarray:
-        return face_mask(face.size, ctx.params["ellipse_scale"])
+        return face_ellipse(face.size, ctx.params["ellipse_scale"])
 
 
 class StarGAN256Backend(StarGANBackend):

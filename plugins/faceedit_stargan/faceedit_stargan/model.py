@@ -30,7 +30,7 @@ from torch import nn
 
 NORM_MODES = ("instance", "running")
 CELEBA_ATTRIBUTES_5 = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
-HAIR_COLOURS_5 = ("Black_Hair", "Blond_Hair", "Brown_Hair")
+HAIR_COLORS_5 = ("Black_Hair", "Blond_Hair", "Brown_Hair")
 
 
 class StarInstanceNorm(nn.Module):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .data import AttributeFaces
 from .model import CELEBA_ATTRIBUTES_5, Discriminator, Generator, default_d_repeat_num
 
-HAIR_COLOUR_NAMES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
+HAIR_COLOR_NAMES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
 KEEP_CHECKPOINTS = 3
 
 
@@ -86,7 +86,7 @@ def gradient_penalty(critic, x_real: torch.Tensor, x_fake: torch.Tensor, alpha: 
 
 def exclusive_hair(labels: torch.Tensor, selected: tuple[str, ...], rng: torch.Generator) -> torch.Tensor:
     """Keep at most one hair colour per row (a random one of those set)."""
-    hair = [i for i, name in enumerate(selected) if name in HAIR_COLOUR_NAMES]
+    hair = [i for i, name in enumerate(selected) if name in HAIR_COLOR_NAMES]
     if len(hair) < 2:
         return labels
     labels = labels.clone()
@@ -108,7 +108,7 @@ def random_targets(labels: torch.Tensor, selected: tuple[str, ...], rng: torch.G
 
 def demo_targets(labels: torch.Tensor, selected: tuple[str, ...]) -> list[torch.Tensor]:
     """One target per attribute for sample grids: each hair colour set (others cleared), others flipped."""
-    hair = [i for i, name in enumerate(selected) if name in HAIR_COLOUR_NAMES]
+    hair = [i for i, name in enumerate(selected) if name in HAIR_COLOR_NAMES]
     targets = []
     for i, _ in enumerate(selected):
         t = labels.clone()
