@@ -31,10 +31,10 @@ TASK_OPTIONS: dict[Task, tuple[str, ...]] = {
     Task.COMPLETE: ("mask", "attr", "labels"),
     Task.EDIT_ATTRIBUTES: ("attr", "strength", "labels"),
     Task.EDIT_TEXT: ("text",),
-    Task.SYNTHESIZE: ("labels", "target_labels"),
+    Task.SYNTHESIZE: ("labels", "source", "components"),
 }
 _OPTION_FLAGS = {"mask": "--mask", "attr": "--attr", "labels": "--labels", "strength": "--strength",
-                 "text": "--text", "target_labels": "--target-labels"}
+                 "text": "--text", "source": "--source", "components": "--components"}
 
 
 def check_options(task: Task, backend, args) -> None:
@@ -44,6 +44,12 @@ def check_options(task: Task, backend, args) -> None:
         if getattr(args, option) not in (None, []) and option not in allowed:
             takes = ", ".join(_OPTION_FLAGS[o] for o in allowed) or "none of --mask/--attr/--labels/--strength/--text"
             raise ValueError(f"{flag} does not apply to '{task.value}' (it takes {takes})")
+    if task is Task.SYNTHESIZE:
+        if (args.source is None) != (not args.components):
+            raise ValueError("--source needs --components (e.g. --components eyes,mouth)" if args.source is not None
+                             else "--components needs --source (the face to take them from)")
+        if args.labels is None and args.source is None:
+            raise ValueError("synthesize needs --labels (the edited label map) and/or --source with --components")
     if args.face_index is not None and not backend.per_face:
         raise ValueError(f"--face-index does not apply: backend '{backend.name}' edits the whole image")
     if args.allow_no_face and not backend.per_face:
@@ -107,11 +113,11 @@ def _build_request(task: Task, args, image_path: Optional[Path], params: dict):
     if task is Task.EDIT_TEXT:
         return REQUEST_TYPES[task](image=image, text=args.text or "", **common)
     if task is Task.SYNTHESIZE:
-        labels_path, target_path = companion(args.labels, image_path), companion(args.target_labels, image_path)
-        if labels_path is None or target_path is None:
-            raise ValueError("synthesize needs --labels (source) and --target-labels")
-        return REQUEST_TYPES[task](image=image, labels=read_index_map(labels_path),
-                                   target_labels=read_index_map(target_path), **common)
+        labels_path = companion(args.labels, image_path)
+        components = tuple(c.strip() for c in (args.components or "").split(",") if c.strip())
+        return REQUEST_TYPES[task](image=image, target_labels=read_index_map(labels_path) if labels_path else None,
+                                   donor_image=read_image(args.source) if args.source else None,
+                                   components=components, **common)
     raise ValueError(f"unknown task {task}")
 
 
@@ -230,8 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="backend name (default: the best ready backend for the task)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--mask", type=Path, help="hole mask PNG or folder of masks (white = hole)")
-    p.add_argument("--labels", type=Path, help="label map PNG (CelebAMask-HQ indices) or folder")
-    p.add_argument("--target-labels", type=Path, help="edited label map for synthesize")
+    p.add_argument("--labels", type=Path, help="label map PNG (CelebAMask-HQ indices) or folder; for synthesize "
+                   "the edited label map to render")
+    p.add_argument("--source", type=Path, help="synthesize: the face to take --components from")
+    p.add_argument("--components", help="synthesize: components to take from --source, e.g. eyes,mouth "
+                   "(eyes, brows, nose, mouth, ears, hair, skin)")
     p.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--strength", type=float, default=None, help="edit-attributes: 0..1 (default 1)")
     p.add_argument("--text")

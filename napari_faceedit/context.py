@@ -111,6 +111,21 @@ class RunContext:
         self.weights_used.append((weights_id, sha))
         return model
 
+    def load_model_set(self, weights_ids: tuple[str, ...], build: Callable[[dict], Any]) -> Any:
+        """A model made of several catalogue files: ``build({id: verified path})`` -> model (on the
+        device, eval mode), cached by every file's sha256 like ``load_weights``."""
+        from . import weights
+
+        paths = {weights_id: weights.path(weights_id) for weights_id in weights_ids}
+        shas = tuple(weights.sha256_file(path) for path in paths.values())
+
+        def load():
+            return build(paths).eval().to(self.device)
+
+        model = self.cache.get(self.owner, (tuple(weights_ids), shas, self.device), load, weights_ids[0])
+        self.weights_used.extend(zip(weights_ids, shas))
+        return model
+
     def load_bundled(self, file_name: str, build: Callable[[], Any]) -> Any:
         """One of our shipped models (``build()`` then the bundled state dict), cached like ``load_weights``."""
         from . import weights

@@ -85,6 +85,20 @@ def as_mask(mask: np.ndarray, shape: tuple[int, int], what: str = "mask") -> np.
     return mask.astype(np.int32)
 
 
+def as_label_map(labels: np.ndarray, shape: tuple[int, int], what: str = "labels") -> np.ndarray:
+    """A (H, W) map of the 19 CelebAMask-HQ class indices, checked: the image's size, whole numbers 0..18."""
+    from .vocab import N_CLASSES
+
+    if np.ndim(labels) == 3 and np.shape(labels)[2] != 1:
+        raise ValueError(f"{what} must be a 2-D map of class indices, got shape {np.shape(labels)} "
+                         "(a colour picture of labels must be read back to classes first)")
+    labels = as_mask(np.asarray(labels)[..., 0] if np.ndim(labels) == 3 else labels, shape, what)
+    if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
+        raise ValueError(f"{what} hold class {int(labels.min()) if labels.min() < 0 else int(labels.max())}, "
+                         f"outside the {N_CLASSES} face classes 0..{N_CLASSES - 1}")
+    return labels
+
+
 @dataclass(frozen=True, kw_only=True)
 class Request:
     """Fields every task shares. ``face_index`` picks one face of a photo (None = all faces)."""
@@ -132,19 +146,39 @@ class ParseRequest(Request):
 
 @dataclass(frozen=True, kw_only=True)
 class SynthesizeRequest(Request):
-    """Source image + its labels + edited target labels -> image following the target labels."""
+    """Render the face so it follows an edited label map and/or takes components from a donor face.
+
+    ``target_labels``: the edited 19-class map; ``labels``: the face's own, unedited map (None: the
+    parse service parses the image); ``donor_image`` + ``components`` (e.g. ("eyes", "mouth")): take
+    those components from the donor's largest face."""
 
     task: ClassVar[Task] = Task.SYNTHESIZE
     image: np.ndarray = None  # type: ignore[assignment]
-    labels: np.ndarray = None  # type: ignore[assignment]
-    target_labels: np.ndarray = None  # type: ignore[assignment]
+    target_labels: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    donor_image: Optional[np.ndarray] = None
+    components: tuple[str, ...] = ()
 
     def __post_init__(self):
         super().__post_init__()
+        from .vocab import FACE_COMPONENTS
+
         object.__setattr__(self, "image", as_rgb_uint8(self.image))
         shape = self.image.shape[:2]
-        object.__setattr__(self, "labels", as_mask(self.labels, shape, "labels"))
-        object.__setattr__(self, "target_labels", as_mask(self.target_labels, shape, "target labels"))
+        for name, what in (("target_labels", "edited labels"), ("labels", "labels")):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, as_label_map(getattr(self, name), shape, what))
+        components = (self.components,) if isinstance(self.components, str) else tuple(self.components)
+        unknown = [c for c in components if c not in FACE_COMPONENTS]
+        if unknown:
+            raise ValueError(f"unknown face component(s) {unknown}; choose from {', '.join(FACE_COMPONENTS)}")
+        object.__setattr__(self, "components", components)
+        if self.donor_image is not None:
+            object.__setattr__(self, "donor_image", as_rgb_uint8(self.donor_image))
+        if bool(components) != (self.donor_image is not None):
+            raise ValueError("taking components needs both a donor face and the components to take")
+        if self.target_labels is None and not components:
+            raise ValueError("nothing to render: give the edited labels, or a donor face and the components to take")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,6 +48,17 @@ PALETTE = np.array([c.color for c in FACE_CLASSES], dtype=np.uint8)  # (19, 3)
 MAJOR_CLASSES: tuple[int, ...] = (0, 1, 2, 4, 5, 6, 7, 10, 11, 12, 13, 17, 18)
 
 # Horizontal flip swaps the subject's left and right.
+# What a user means by a face component (component transfer, completion holes, text requests).
+FACE_COMPONENTS: dict[str, tuple[int, ...]] = {
+    "eyes": (CLASS_INDEX["l_eye"], CLASS_INDEX["r_eye"]),
+    "brows": (CLASS_INDEX["l_brow"], CLASS_INDEX["r_brow"]),
+    "nose": (CLASS_INDEX["nose"],),
+    "mouth": (CLASS_INDEX["mouth"], CLASS_INDEX["u_lip"], CLASS_INDEX["l_lip"]),
+    "ears": (CLASS_INDEX["l_ear"], CLASS_INDEX["r_ear"]),
+    "hair": (CLASS_INDEX["hair"],),
+    "skin": (CLASS_INDEX["skin"],),
+}
+
 FLIP_PERMUTATION = np.arange(N_CLASSES)
 for _a, _b in ((4, 5), (6, 7), (8, 9)):
     FLIP_PERMUTATION[_a], FLIP_PERMUTATION[_b] = _b, _a
@@ -65,22 +76,26 @@ HELEN_ORDER: tuple[str, ...] = (
     "background", "face_skin", "l_brow", "r_brow", "l_eye", "r_eye", "nose", "u_lip", "mouth",
     "l_lip", "hair",
 )
-# CelebAMask-HQ -> Helen. Helen has no glasses, ears, accessories, neck or cloth: eyeglasses sit on
-# skin, ears are part of the face region Gu et al. fuse, and the rest is background for that model.
+# CelebAMask-HQ -> Helen, as the mask-guided model was trained (checked against the authors' test
+# pipeline by the maskguided_helen parity fixture). Helen's l_* classes lie on the image-left side;
+# CelebAMask-HQ's l_* are the subject's left, i.e. image right, so eyes and brows swap. Helen skin is
+# the face only: ears, neck, hat and cloth are background; glasses sit on skin.
 _CELEBAMASK_TO_HELEN_BY_NAME = {
     "background": "background", "skin": "face_skin", "nose": "nose", "eye_g": "face_skin",
-    "l_eye": "l_eye", "r_eye": "r_eye", "l_brow": "l_brow", "r_brow": "r_brow",
-    "l_ear": "face_skin", "r_ear": "face_skin", "mouth": "mouth", "u_lip": "u_lip",
-    "l_lip": "l_lip", "hair": "hair", "hat": "background", "ear_r": "background",
-    "neck_l": "background", "neck": "background", "cloth": "background",
+    "l_eye": "r_eye", "r_eye": "l_eye", "l_brow": "r_brow", "r_brow": "l_brow",
+    "l_ear": "background", "r_ear": "background", "mouth": "mouth", "u_lip": "u_lip", "l_lip": "l_lip",
+    "hair": "hair", "hat": "background", "ear_r": "background", "neck_l": "background", "neck": "background",
+    "cloth": "background",
 }
 CELEBAMASK_TO_HELEN = np.array(
     [HELEN_ORDER.index(_CELEBAMASK_TO_HELEN_BY_NAME[n]) for n in CLASS_NAMES], dtype=np.uint8
 )
-# Helen -> CelebAMask-HQ is exact (every Helen class has one CelebAMask-HQ counterpart).
-HELEN_TO_CELEBAMASK = np.array(
-    [CLASS_INDEX["skin" if n == "face_skin" else n] for n in HELEN_ORDER], dtype=np.uint8
-)
+# Helen -> CelebAMask-HQ: each Helen class has one counterpart (sides swapped back).
+_HELEN_TO_CELEBAMASK_BY_NAME = {
+    "background": "background", "face_skin": "skin", "l_brow": "r_brow", "r_brow": "l_brow", "l_eye": "r_eye",
+    "r_eye": "l_eye", "nose": "nose", "u_lip": "u_lip", "mouth": "mouth", "l_lip": "l_lip", "hair": "hair",
+}
+HELEN_TO_CELEBAMASK = np.array([CLASS_INDEX[_HELEN_TO_CELEBAMASK_BY_NAME[n]] for n in HELEN_ORDER], dtype=np.uint8)
 
 
 def remap(labels: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -34,6 +34,9 @@ def test_bisenet_and_helen_mappings():
     helen = vocab.remap(np.arange(19), vocab.CELEBAMASK_TO_HELEN)
     assert vocab.HELEN_ORDER[helen[vocab.CLASS_INDEX["u_lip"]]] == "u_lip"
     assert vocab.HELEN_ORDER[helen[vocab.CLASS_INDEX["cloth"]]] == "background"
+    # Helen's l_eye is on the image left: our r_eye (the subject's right).
+    assert vocab.HELEN_ORDER[helen[vocab.CLASS_INDEX["r_eye"]]] == "l_eye"
+    assert vocab.HELEN_ORDER[helen[vocab.CLASS_INDEX["l_ear"]]] == "background"
     # Helen -> ours -> Helen is the identity.
     assert np.array_equal(vocab.CELEBAMASK_TO_HELEN[vocab.HELEN_TO_CELEBAMASK], np.arange(11))
     with pytest.raises(ValueError, match="0..18"):

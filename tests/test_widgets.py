@@ -378,3 +378,46 @@ def test_two_docked_widgets_follow_a_layer_rename(make_napari_viewer, qtbot, por
     viewer.add_image(portrait, name="third")
     for widget in (restore, attributes):
         assert [widget.image_picker.itemText(i) for i in range(widget.image_picker.count())] == ["second", "third"]
+
+
+def test_auto_parse_paint_then_render_from_labels(make_napari_viewer, qtbot, portrait, fresh_registry):
+    """The Face labels workflow: Auto-parse -> paint a wider mouth with the brush -> Render from labels
+    (classical backend) -> a new image layer that changed around the mouth only; napari's undo on the
+    painted labels still works, and no user layer was modified by the run."""
+    from napari_faceedit.label_edits import widen_mouth
+    from napari_faceedit.widgets._layers import PARSED_LABELS_KEY
+    from napari_faceedit.widgets.labels_widget import FaceLabelsWidget
+
+    fresh_registry()
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    widget = FaceLabelsWidget(viewer)
+    widget.parse_panel.select_backend("faceparse-compact")
+    widget.parse_panel.start()
+    wait_done(qtbot, widget.parse_panel)
+    labels_layer = viewer.layers["face · parse · faceparse-compact labels"]
+    parsed = labels_layer.metadata[PARSED_LABELS_KEY]
+    np.testing.assert_array_equal(parsed, labels_layer.data)
+    widget.labels_picker.select(labels_layer.name)
+    # Paint the widened mouth with the brush, as a user would (one undoable step).
+    edited = widen_mouth(parsed, 1.4)
+    changed_pixels = np.argwhere(edited != parsed)
+    assert len(changed_pixels)
+    labels_layer.mode = "paint"
+    labels_layer.data_setitem(tuple(changed_pixels.T), edited[tuple(changed_pixels.T)])
+    np.testing.assert_array_equal(labels_layer.data, edited)
+    widget.render_panel.select_backend("classic-synthesize")
+    before = snapshot(viewer)
+    widget.render_panel.start()
+    wait_done(qtbot, widget.render_panel)
+    assert widget.render_panel.last_error is None, widget.render_panel.last_error
+    rendered = viewer.layers["face · synthesize · classic-synthesize"]
+    assert_unchanged(viewer, before + [(rendered.name, rendered.data)])
+    changed = np.any(rendered.data != portrait, axis=2)
+    ys, xs = np.nonzero(edited != parsed)
+    assert changed.any()
+    far = np.ones_like(changed)
+    far[max(0, ys.min() - 40):ys.max() + 40, max(0, xs.min() - 40):xs.max() + 40] = False
+    assert not changed[far].any()
+    labels_layer.undo()  # napari's own undo of the paint
+    np.testing.assert_array_equal(labels_layer.data, parsed)

@@ -10,6 +10,8 @@ from ..tasks import Result
 from ..vocab import FACE_CLASSES
 
 PROVENANCE_KEY = "faceedit_provenance"
+# A parse result's labels as parsed: what "Render from labels" compares the painted labels with.
+PARSED_LABELS_KEY = "faceedit_parsed_labels"
 
 
 def face_label_colormap():
@@ -98,6 +100,8 @@ def add_result_layers(viewer, result: Result, source: InputInfo, task: str, back
     if result.labels is not None:
         kwargs = face_labels_kwargs(base + " labels")
         kwargs["metadata"] = {**kwargs["metadata"], **common["metadata"]}
+        if task == "parse":
+            kwargs["metadata"][PARSED_LABELS_KEY] = np.asarray(result.labels).astype(np.uint8).copy()
         kwargs.update(scale=source.scale, translate=source.translate)
         added.append(viewer.add_labels(np.asarray(result.labels).astype(np.uint8), **kwargs))
     for key, array in result.extras.items():

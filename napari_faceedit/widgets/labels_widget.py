@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
-    QFormLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QFormLayout, QGridLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QSpinBox,
+    QVBoxLayout, QWidget,
 )
 
-from ..tasks import ParseRequest, Task
-from ..vocab import FACE_CLASSES
-from ._layers import InputInfo, face_labels_kwargs, image_array
+from ..tasks import ParseRequest, SynthesizeRequest, Task
+from ..vocab import FACE_CLASSES, FACE_COMPONENTS
+from ._layers import PARSED_LABELS_KEY, InputInfo, face_labels_kwargs, image_array, labels_array
 from ._pickers import LayerPicker
 from ._run_panel import RunPanel
 
@@ -49,6 +50,21 @@ class FaceLabelsWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(QLabel("Automatic parse (adds a new Labels layer):"))
         layout.addWidget(self.parse_panel)
+
+        # Render a face that follows the (painted) labels, optionally taking components from another face.
+        self.donor_picker = LayerPicker(napari_viewer, ("image",), none_text="(none)")
+        self.donor_picker.setToolTip("Another face to take the checked components from")
+        self.component_boxes = {name: QCheckBox(name) for name in FACE_COMPONENTS}
+        components = QGridLayout()
+        for i, box in enumerate(self.component_boxes.values()):
+            components.addWidget(box, i // 4, i % 4)
+        render_form = QFormLayout()
+        render_form.addRow("Component source", self.donor_picker)
+        render_form.addRow("Take", components)
+        self.render_panel = RunPanel(napari_viewer, Task.SYNTHESIZE, self._render_request, run_text="Render from labels")
+        layout.addWidget(QLabel("Render a face that follows the labels (adds a new image layer):"))
+        layout.addLayout(render_form)
+        layout.addWidget(self.render_panel)
         layout.addStretch(1)
 
         self.new_button.clicked.connect(self.new_labels_layer)
@@ -76,6 +92,27 @@ class FaceLabelsWidget(QWidget):
             layer.selected_label = int(item.data(256))
             layer.mode = "paint"
         layer.brush_size = self.brush_size.value()
+
+    def _render_request(self, device):
+        """The image, the edited labels layer (and the labels it was parsed as, when known), a donor."""
+        layer = self.image_picker.layer()
+        image = image_array(layer)
+        labels_layer = self.labels_picker.layer()
+        components = tuple(name for name, box in self.component_boxes.items() if box.isChecked())
+        donor_layer = self.donor_picker.layer()
+        if components and donor_layer is None:
+            raise ValueError("choose the component source: another face's image layer")
+        if donor_layer is not None and not components:
+            raise ValueError("check the components to take from the component source")
+        if labels_layer is None and not components:
+            raise ValueError("choose the edited face labels layer (Auto-parse, then paint), or components to take")
+        target = labels_array(labels_layer, image.shape[:2]) if labels_layer is not None else None
+        parsed = labels_layer.metadata.get(PARSED_LABELS_KEY) if labels_layer is not None else None
+        request = SynthesizeRequest(
+            image=image, target_labels=target, labels=parsed,
+            donor_image=image_array(donor_layer) if components else None, components=components,
+            device=device, params=self.render_panel.parameter_values())
+        return request, InputInfo.of(layer)
 
     def _parse_request(self, device):
         layer = self.image_picker.layer()

@@ -6,5 +6,6 @@ def faceedit_backends():
     from .complete import ClassicCompletion
     from .hair import ClassicHairColor
     from .restore import ClassicRestoration
+    from .synthesize import ClassicSynthesis
 
-    return [ClassicCompletion, ClassicHairColor, ClassicRestoration]
+    return [ClassicCompletion, ClassicHairColor, ClassicRestoration, ClassicSynthesis]
