@@ -28,7 +28,7 @@ def _parse_attr(items: list[str]) -> dict[str, float]:
 TASK_OPTIONS: dict[Task, tuple[str, ...]] = {
     Task.PARSE: (),
     Task.RESTORE: (),
-    Task.COMPLETE: ("mask", "attr", "labels"),
+    Task.COMPLETE: ("mask", "attr", "labels", "components"),
     Task.EDIT_ATTRIBUTES: ("attr", "strength", "labels"),
     Task.EDIT_TEXT: ("text",),
     Task.SYNTHESIZE: ("labels", "source", "components"),
@@ -44,6 +44,8 @@ def check_options(task: Task, backend, args) -> None:
         if getattr(args, option) not in (None, []) and option not in allowed:
             takes = ", ".join(_OPTION_FLAGS[o] for o in allowed) or "none of --mask/--attr/--labels/--strength/--text"
             raise ValueError(f"{flag} does not apply to '{task.value}' (it takes {takes})")
+    if task is Task.COMPLETE and args.mask is None and not args.components:
+        raise ValueError("complete needs --mask (any non-black pixel is the hole) or --components (e.g. mouth)")
     if task is Task.SYNTHESIZE:
         if (args.source is None) != (not args.components):
             raise ValueError("--source needs --components (e.g. --components eyes,mouth)" if args.source is not None
@@ -99,11 +101,11 @@ def _build_request(task: Task, args, image_path: Optional[Path], params: dict):
         return REQUEST_TYPES[task](image=image, **common)
     if task is Task.COMPLETE:
         mask_path = companion(args.mask, image_path)
-        if mask_path is None:
-            raise ValueError("complete needs --mask (white = hole)")
         labels_path = companion(args.labels, image_path)
-        return REQUEST_TYPES[task](image=image, mask=read_index_map(mask_path) > 127,
-                                   attributes=_parse_attr(args.attr),
+        components = tuple(c.strip() for c in (args.components or "").split(",") if c.strip())
+        # The hole rule (the same as the API's): any non-black pixel of the mask is the hole.
+        return REQUEST_TYPES[task](image=image, mask=read_index_map(mask_path) != 0 if mask_path else None,
+                                   components=components, attributes=_parse_attr(args.attr),
                                    labels=read_index_map(labels_path) if labels_path else None, **common)
     if task is Task.EDIT_ATTRIBUTES:
         labels_path = companion(args.labels, image_path)
@@ -235,12 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="output PNG file, or folder")
     p.add_argument("--backend", help="backend name (default: the best ready backend for the task)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--mask", type=Path, help="hole mask PNG or folder of masks (white = hole)")
+    p.add_argument("--mask", type=Path, help="hole mask PNG or folder of masks (any non-black pixel = hole)")
     p.add_argument("--labels", type=Path, help="label map PNG (CelebAMask-HQ indices) or folder; for synthesize "
                    "the edited label map to render")
     p.add_argument("--source", type=Path, help="synthesize: the face to take --components from")
-    p.add_argument("--components", help="synthesize: components to take from --source, e.g. eyes,mouth "
-                   "(eyes, brows, nose, mouth, ears, hair, skin)")
+    p.add_argument("--components", help="synthesize: components to take from --source; complete: components "
+                   "to complete (the hole), e.g. eyes,mouth (eyes, brows, nose, mouth, ears, hair, skin)")
     p.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--strength", type=float, default=None, help="edit-attributes: 0..1 (default 1)")
     p.add_argument("--text")

@@ -126,17 +126,24 @@ class RunContext:
         self.weights_used.extend(zip(weights_ids, shas))
         return model
 
-    def load_bundled(self, file_name: str, build: Callable[[], Any]) -> Any:
-        """One of our shipped models (``build()`` then the bundled state dict), cached like ``load_weights``."""
+    def load_bundled(self, file_name: str, build: Optional[Callable[[], Any]] = None,
+                     load: Optional[Callable[[Any], Any]] = None) -> Any:
+        """One of our shipped models, cached like ``load_weights``: ``build()`` then the bundled state
+        dict loaded strictly, or ``load(path)`` for a model whose file says how to build it."""
         from . import weights
 
-        sha = weights.sha256_file(weights.bundled_path(file_name))
+        path = weights.bundled_path(file_name)
+        if not path.is_file():
+            weights.load_bundled(file_name, None)  # raises the clear "embedded model is missing" error
+        sha = weights.sha256_file(path)
 
-        def load():
+        def load_model():
+            if load is not None:
+                return load(path).float().eval().to(self.device)
             model = build()
             weights.load_bundled(file_name, model)
             return model.float().eval().to(self.device)
 
-        model = self.cache.get(self.owner, (file_name, sha, self.device), load)
+        model = self.cache.get(self.owner, (file_name, sha, self.device), load_model)
         self.weights_used.append((file_name, sha))
         return model

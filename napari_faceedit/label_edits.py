@@ -348,3 +348,21 @@ EDIT_SCRIPT: tuple[LabelEdit, ...] = (
     LabelEdit("swap_mouth", "swap_component", {"component": "mouth"}),
     LabelEdit("swap_eyes", "swap_component", {"component": "eyes"}),
 )
+
+
+def component_region(labels: np.ndarray, components, grow: float = 0.03) -> np.ndarray:
+    """The pixels of face ``components`` (names of vocab.FACE_COMPONENTS) in a 19-class map, grown by
+    ``grow`` times the face's size (at least 1 px) so the region also takes the part's rim, as a
+    user's selection would: the hole for "complete the mouth"."""
+    labels = validate_labels(labels)
+    components = (components,) if isinstance(components, str) else tuple(components)
+    unknown = [c for c in components if c not in COMPONENTS]
+    if unknown:
+        raise ValueError(f"unknown face component(s) {unknown}; choose from {', '.join(COMPONENTS)}")
+    region = np.isin(labels, [c for name in components for c in COMPONENTS[name]])
+    if not region.any():
+        raise ValueError(f"the face labels hold no {' or '.join(components)}: nothing to complete there")
+    face = labels != 0
+    face_size = np.sqrt(face.sum()) if face.any() else max(labels.shape)
+    radius = max(1.0, grow * face_size)
+    return ndimage.distance_transform_edt(~region) <= radius

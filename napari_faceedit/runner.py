@@ -2,6 +2,7 @@
 provenance (built here, once)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional
 
@@ -11,7 +12,7 @@ from .backend import Backend
 from .context import CancelledCallback, ProgressCallback, RunCancelled, RunContext
 from .model_cache import MODEL_CACHE, ModelCache
 from .params import resolve
-from .tasks import ParseRequest, Provenance, Request, Result, Task
+from .tasks import CompleteRequest, ParseRequest, Provenance, Request, Result, Task
 
 BackendLike = Backend | type[Backend]
 
@@ -43,6 +44,7 @@ def execute(
                      cache=cache or MODEL_CACHE, parse_service=_parse_service(parser), allow_no_face=allow_no_face)
     start = time.perf_counter()
     try:
+        request = with_component_hole(request, ctx)
         result = backend.run(request, ctx)
     except RunCancelled:
         return None
@@ -70,6 +72,20 @@ def execute(
         notes="; ".join(ctx.notes),
     )
     return result
+
+
+def with_component_hole(request: Request, ctx: RunContext) -> Request:
+    """A completion asked for by face components ("complete the mouth") gets its hole here, from the
+    given labels or the parse service, so every completion backend sees a plain hole mask."""
+    if not isinstance(request, CompleteRequest) or request.mask is not None:
+        return request
+    from .label_edits import component_region
+
+    ctx.progress(0, 1, "finding the face components to complete")
+    labels = request.labels if request.labels is not None else ctx.parse(request.image, request.face_index)
+    hole = component_region(labels, request.components)
+    ctx.note(f"hole: {', '.join(request.components)} from the {'given' if request.labels is not None else 'parsed'} labels")
+    return dataclasses.replace(request, mask=hole)
 
 
 def check_request(backend: Backend, request: Request) -> None:

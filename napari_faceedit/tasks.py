@@ -183,26 +183,39 @@ class SynthesizeRequest(Request):
 
 @dataclass(frozen=True, kw_only=True)
 class CompleteRequest(Request):
-    """Fill the hole (mask != 0) of an image, optionally steering attributes."""
+    """Fill the hole of an image, optionally steering attributes. The hole is ``mask`` (non-zero =
+    hole), or face ``components`` (e.g. ("mouth",)) found in ``labels`` (None: parsed at run time)."""
 
     task: ClassVar[Task] = Task.COMPLETE
     image: np.ndarray = None  # type: ignore[assignment]
-    mask: np.ndarray = None  # type: ignore[assignment]
+    mask: Optional[np.ndarray] = None
     attributes: dict[str, float] = field(default_factory=dict)
     labels: Optional[np.ndarray] = None
+    components: tuple[str, ...] = ()
 
     def __post_init__(self):
         super().__post_init__()
+        from .vocab import FACE_COMPONENTS
+
         object.__setattr__(self, "image", as_rgb_uint8(self.image))
         shape = self.image.shape[:2]
+        components = (self.components,) if isinstance(self.components, str) else tuple(self.components)
+        unknown = [c for c in components if c not in FACE_COMPONENTS]
+        if unknown:
+            raise ValueError(f"unknown face component(s) {unknown}; choose from {', '.join(FACE_COMPONENTS)}")
+        object.__setattr__(self, "components", components)
+        if self.labels is not None:
+            object.__setattr__(self, "labels", as_label_map(self.labels, shape, "labels"))
+        if self.mask is None:
+            if not components:
+                raise ValueError("no hole: draw the region to complete, or name the face components to complete")
+            return
         mask = as_mask(self.mask, shape, "hole mask") != 0
         if not mask.any():
             raise ValueError("the hole mask is empty: draw the region to complete first")
         if mask.all():
             raise ValueError("the hole mask covers the whole image: nothing is left to complete from")
         object.__setattr__(self, "mask", mask)
-        if self.labels is not None:
-            object.__setattr__(self, "labels", as_mask(self.labels, shape, "labels"))
 
 
 @dataclass(frozen=True, kw_only=True)

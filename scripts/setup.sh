@@ -31,7 +31,7 @@ $py -m pip install -q --no-deps "facenet-pytorch==2.6.0"
 $py -m pip install -q "napari>=0.9,<0.10" "PySide6-Essentials==6.11.3" \
   -e ".[testing]" \
   -e plugins/faceedit_classic -e plugins/faceedit_parsing -e plugins/faceedit_stargan -e plugins/faceedit_gpen \
-  -e plugins/faceedit_tedigan -e plugins/faceedit_maskguided
+  -e plugins/faceedit_tedigan -e plugins/faceedit_maskguided -e plugins/faceedit_completion
 
 case "$mode" in
   app)

@@ -173,6 +173,9 @@ def test_bad_input_is_reported_and_changes_nothing(make_napari_viewer, qtbot, po
     widget = CompleteWidget(viewer)
     before = snapshot(viewer)
     widget.panel.start()
+    assert "draw the region to complete" in widget.panel.last_error  # nothing chosen yet
+    widget.region_picker.select("empty region")
+    widget.panel.start()
     assert "empty" in widget.panel.last_error
     assert widget.panel.worker is None
     assert_unchanged(viewer, before)
@@ -421,3 +424,42 @@ def test_auto_parse_paint_then_render_from_labels(make_napari_viewer, qtbot, por
     assert not changed[far].any()
     labels_layer.undo()  # napari's own undo of the paint
     np.testing.assert_array_equal(labels_layer.data, parsed)
+
+
+def test_complete_widget_completes_checked_components_with_the_learned_backend(make_napari_viewer, qtbot, portrait,
+                                                                              registry_with_test_backends):
+    """'Complete the mouth' with Smiling on: the hole comes from the parse, the result is a new layer that
+    changed inside the mouth region only; the attribute offered is the backend's."""
+    import torch
+    from faceedit_completion.backend import ProgressiveCompletion
+    from faceedit_completion.model import CompletionGenerator
+
+    from napari_faceedit.widgets.task_widgets import CompleteWidget
+
+    torch.manual_seed(0)
+    injected = ProgressiveCompletion(model=CompletionGenerator(max_resolution=32))
+
+    class Injected(ProgressiveCompletion):
+        name = "completion-injected"
+
+        def __new__(cls):
+            return injected
+
+    registry_with_test_backends._add_backend(Injected, "tests")
+    viewer = make_napari_viewer()
+    viewer.add_image(portrait, name="face")
+    widget = CompleteWidget(viewer)
+    widget.panel.select_backend("completion-injected")
+    assert "Smiling" in widget.attributes.combos
+    widget.component_boxes["mouth"].setChecked(True)
+    widget.attributes.set_value("Smiling", True)
+    before = snapshot(viewer)
+    widget.panel.start()
+    wait_done(qtbot, widget.panel)
+    assert widget.panel.last_error is None, widget.panel.last_error
+    result = viewer.layers["face · complete · completion-injected"]
+    assert_unchanged(viewer, before + [(result.name, result.data)])
+    changed = np.any(result.data != portrait, axis=2)
+    ys, xs = np.nonzero(changed)
+    assert changed.any() and 120 < ys.mean() < 175 and 190 < xs.mean() < 260  # the astronaut's mouth
+    assert result.metadata[PROVENANCE_KEY]["parameters"]["attributes"] == {"Smiling": 1.0}

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from qtpy.QtWidgets import (
-    QFormLayout, QLabel, QPlainTextEdit, QSlider, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QFormLayout, QGridLayout, QLabel, QPlainTextEdit, QSlider, QSpinBox, QVBoxLayout, QWidget,
 )
 from qtpy.QtCore import Qt
 
 from ..tasks import (
     CompleteRequest, EditAttributesRequest, EditTextRequest, RestoreRequest, Task,
 )
+from ..vocab import FACE_COMPONENTS
 from ._layers import InputInfo, image_array, labels_array, mask_array
 from ._pickers import AttributeControls, LayerPicker
 from ._run_panel import RunPanel
@@ -69,16 +70,32 @@ class CompleteWidget(_TaskWidget):
     task = Task.COMPLETE
 
     def build_inputs(self):
-        self.region_picker = LayerPicker(self.viewer, ("shapes", "labels"))
+        self.region_picker = LayerPicker(self.viewer, ("shapes", "labels"), none_text="(none: the components below)")
         self.region_picker.setToolTip("Shapes (filled polygons/rectangles/ellipses) or Labels (non-zero = hole)")
         self.form.addRow("Region", self.region_picker)
+        # "Complete the mouth": the hole is these face components of the face labels (or of a parse).
+        self.component_boxes = {name: QCheckBox(name) for name in FACE_COMPONENTS}
+        grid = QGridLayout()
+        for i, box in enumerate(self.component_boxes.values()):
+            grid.addWidget(box, i // 4, i % 4)
+        self.form.addRow("or components", grid)
+        self.labels_picker = LayerPicker(self.viewer, ("labels",), none_text="(none: parse automatically)")
+        self.form.addRow("Face labels", self.labels_picker)
+        self.form.addRow("Face", self.face_index)
         self.attributes = AttributeControls()
         self.form.addRow(self.attributes)
 
     def make_request(self, device):
         layer, image = self.source_image()
-        mask = mask_array(self.region_picker.layer(), image.shape[:2])
-        request = CompleteRequest(image=image, mask=mask, attributes=self.attributes.values(), **self.common(device))
+        components = tuple(name for name, box in self.component_boxes.items() if box.isChecked())
+        region = self.region_picker.layer()
+        if region is None and not components:
+            raise ValueError("draw the region to complete (Shapes or Labels), or check the face components to complete")
+        mask = mask_array(region, image.shape[:2]) if region is not None else None
+        labels_layer = self.labels_picker.layer()
+        labels = labels_array(labels_layer, image.shape[:2]) if labels_layer is not None and components else None
+        request = CompleteRequest(image=image, mask=mask, components=components if mask is None else (),
+                                  labels=labels, attributes=self.attributes.values(), **self.common(device))
         return request, InputInfo.of(layer)
 
 
