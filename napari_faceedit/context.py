@@ -58,6 +58,9 @@ class RunContext:
     cancelled: CancelledCallback = _never
     cache: ModelCache = MODEL_CACHE
     parse_service: Optional[ParseService] = None
+    # (task, attributes, exclude) -> the best ready backend's name, or None; and run a request on it.
+    find_service: Optional[Callable[..., Optional[str]]] = None
+    delegate_service: Optional[Callable[..., Any]] = None
     allow_no_face: bool = False  # batch mode: an image without a face passes through unchanged
     notes: list[str] = field(default_factory=list)
     weights_used: list[tuple[str, str]] = field(default_factory=list)  # (weights id or file, sha256)
@@ -93,6 +96,19 @@ class RunContext:
         if self.parse_service is None:
             raise LookupError("no face parser is installed: paint the labels by hand, or install a parsing backend")
         return self.parse_service(image, self, face_index, whole_image)
+
+    # -- other backends -----------------------------------------------------------------------------
+    def find_backend(self, task, attributes=()) -> Optional[str]:
+        """The best ready backend (other than this one) for ``task`` that can express ``attributes``."""
+        if self.find_service is None:
+            return None
+        return self.find_service(task, tuple(attributes), (self.owner,))
+
+    def delegate(self, request, backend_name: str):
+        """Run ``request`` on another backend within this run (same device, cancel and caches)."""
+        if self.delegate_service is None:
+            raise LookupError("no other backends are available to this run")
+        return self.delegate_service(request, backend_name, self)
 
     # -- models -----------------------------------------------------------------------------------
     def load_weights(self, weights_id: str, build: Callable[[dict], Any]) -> Any:

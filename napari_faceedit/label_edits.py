@@ -161,6 +161,11 @@ def enlarge_eyes(labels: Any, factor: float = 1.3) -> np.ndarray:
     return _scale_parts(labels, "eyes", (float(factor), float(factor)))
 
 
+def scale_component(labels: Any, component: str, factor: float) -> np.ndarray:
+    """A component (e.g. the nose) scaled about its own centre by ``factor`` in both directions."""
+    return _scale_parts(labels, component, (float(factor), float(factor)))
+
+
 def raise_eyebrows(labels: Any, pixels: float = 6) -> np.ndarray:
     """Move both brows up by ``pixels`` (negative lowers them). Hair stays on top of a raised brow."""
     labels = validate_labels(labels)

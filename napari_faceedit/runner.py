@@ -41,7 +41,8 @@ def execute(
         raise RuntimeError(f"backend '{backend.name}' is not ready: {why}")
     ctx = RunContext(owner=backend.name, device=request.device, seed=request.seed, params=params,
                      progress=progress or (lambda *_: None), cancelled=cancelled or (lambda: False),
-                     cache=cache or MODEL_CACHE, parse_service=_parse_service(parser), allow_no_face=allow_no_face)
+                     cache=cache or MODEL_CACHE, parse_service=_parse_service(parser), allow_no_face=allow_no_face,
+                     find_service=_find_backend, delegate_service=_delegate)
     start = time.perf_counter()
     try:
         request = with_component_hole(request, ctx)
@@ -113,6 +114,30 @@ def _parse_service(parser: Optional[BackendLike]):
         return result.labels
 
     return parse
+
+
+def _find_backend(task: Task, attributes: tuple[str, ...], exclude: tuple[str, ...]) -> Optional[str]:
+    from .registry import get_registry
+
+    for backend in get_registry().for_task(task):
+        if (backend.name not in exclude and backend.ready()[0]
+                and set(attributes) <= set(backend.supported_attributes)):
+            return backend.name
+    return None
+
+
+def _delegate(request: Request, backend_name: str, ctx: RunContext) -> Result:
+    """Run ``request`` on another backend as part of the current run (a text edit's steps)."""
+    from .registry import get_registry
+
+    backend = get_registry().get(backend_name)()
+    check_request(backend, request)
+    params = resolve(backend.declared_parameters(), request.params, f"backend '{backend.name}'")
+    step_ctx = ctx.derived(backend.name, params, progress=ctx.progress)
+    result = backend.run(with_component_hole(request, step_ctx), step_ctx)
+    ctx.note(f"{request.task.value} by {backend.name}" + (f" ({'; '.join(step_ctx.notes)})" if step_ctx.notes else ""))
+    ctx.weights_used.extend(step_ctx.weights_used)
+    return result
 
 
 def _best_parser() -> Backend:

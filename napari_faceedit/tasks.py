@@ -246,6 +246,9 @@ class EditTextRequest(Request):
     task: ClassVar[Task] = Task.EDIT_TEXT
     text: str = ""
     image: Optional[np.ndarray] = None
+    # The structured edit the text was read as, when the user has seen and adjusted it (backends
+    # that interpret text read it themselves otherwise).
+    edit: Optional[dict] = None
 
     def __post_init__(self):
         super().__post_init__()

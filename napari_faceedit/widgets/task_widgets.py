@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from qtpy.QtWidgets import (
-    QCheckBox, QFormLayout, QGridLayout, QLabel, QPlainTextEdit, QSlider, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QFormLayout, QGridLayout, QLabel, QPlainTextEdit, QPushButton, QSlider, QSpinBox, QVBoxLayout,
+    QWidget,
 )
 from qtpy.QtCore import Qt
 
@@ -136,15 +137,53 @@ class TextEditWidget(_TaskWidget):
         return "(none: generate a new face)"
 
     def build_inputs(self):
+        from ._edit_editor import StructuredEditEditor
+
         self.text = QPlainTextEdit()
         self.text.setPlaceholderText("e.g. 'she has blond wavy hair and is smiling'")
         self.text.setMaximumHeight(80)
         self.form.addRow("Text", self.text)
+        self.form.addRow("Face", self.face_index)
+        # Backends that read text into a structured edit show it here first, for checking and adjusting.
+        self.interpret_button = QPushButton("Interpret")
+        self.interpret_button.setToolTip("Show how the text will be read; untick or adjust before running")
+        self.interpret_button.clicked.connect(self.interpret)
+        self.edit_editor = StructuredEditEditor()
+        self.form.addRow(self.interpret_button)
+        self.form.addRow(self.edit_editor)
+        self._interpreted_text: str | None = None
+        self.text.textChanged.connect(lambda: self.edit_editor.set_edit(None))
+
+    def on_backend_changed(self, backend) -> None:
+        reads_text = backend is not None and hasattr(backend, "interpret")
+        for widget in (self.interpret_button, self.edit_editor):
+            widget.setVisible(reads_text)
+        self.edit_editor.set_edit(None)
+
+    def interpret(self) -> None:
+        from napari.utils.notifications import show_error
+
+        backend = self.panel.backend()
+        try:
+            edit = backend.interpret(self.text.toPlainText())
+        except Exception as exc:  # noqa: BLE001 - e.g. empty text: tell the user, change nothing
+            self.edit_editor.set_edit(None)
+            self.edit_editor.message.setText(f"Cannot read the text: {exc}")
+            show_error(f"napari-faceedit: {exc}")
+            return
+        self._interpreted_text = self.text.toPlainText()
+        self.edit_editor.set_edit(edit)
 
     def make_request(self, device):
         layer = self.image_picker.layer()
         image = image_array(layer) if layer is not None else None
-        request = EditTextRequest(text=self.text.toPlainText(), image=image, **self.common(device))
+        backend = self.panel.backend()
+        edit = None
+        if backend is not None and hasattr(backend, "interpret"):
+            if self.edit_editor.edit() is None:
+                self.interpret()  # Run without Interpret: read it now, and run what is shown
+            edit = self.edit_editor.edit()
+        request = EditTextRequest(text=self.text.toPlainText(), image=image, edit=edit, **self.common(device))
         source = InputInfo.of(layer) if layer is not None else InputInfo("generated", (1.0, 1.0), (0.0, 0.0))
         return request, source
 

@@ -1,0 +1,8 @@
+from napari_faceedit.hookspecs import hookimpl
+
+
+@hookimpl
+def faceedit_backends():
+    from .backend import OfflineTextEdit
+
+    return [OfflineTextEdit]
