@@ -81,15 +81,20 @@ class RunContext:
                                    notes=[], weights_used=[])
 
     # -- faces ------------------------------------------------------------------------------------
-    def detect(self, image: np.ndarray) -> list:
-        """Detected faces of ``image`` (largest first), computed once per image per run."""
-        from .face.detect import detect_faces
+    def detect(self, image: np.ndarray, min_score: Optional[float] = None) -> list:
+        """Detected faces of ``image`` (largest first) scored at least ``min_score`` (default: the
+        detector's), computed once per image per run."""
+        from .face.detect import DEFAULT_MIN_SCORE, detect_faces
 
         image = np.ascontiguousarray(image)
         key = (image.shape, zlib.crc32(image.data))
         if key not in self.detections:
-            self.detections[key] = detect_faces(image)
-        return list(self.detections[key])
+            # Detect once down to the lowest score anyone asks for; callers filter.
+            from .face.pipeline import WEAK_FACE_SCORE
+
+            self.detections[key] = detect_faces(image, min_score=WEAK_FACE_SCORE)
+        threshold = DEFAULT_MIN_SCORE if min_score is None else min_score
+        return [face for face in self.detections[key] if face.score >= threshold]
 
     def parse(self, image: np.ndarray, face_index: Optional[int] = None, whole_image: bool = False) -> np.ndarray:
         """Face labels of ``image`` from the best ready parser (19 CelebAMask-HQ classes)."""

@@ -76,9 +76,27 @@ def test_no_face_is_one_clear_error_or_a_stated_pass_through(no_detector):
     assert "passed through unchanged" in passed.passed_through and "passed through" in passed.provenance.notes
     parsed = execute(LabelEverything, ParseRequest(image=wide), allow_no_face=True)
     assert parsed.image is None and not parsed.labels.any()
-    square = photo((200, 200))  # looks like an aligned crop: edited whole
-    result = execute(Invert, RestoreRequest(image=square))
-    assert np.any(result.image != square) and "taken as one aligned face crop" in result.provenance.notes
+    square = photo((200, 200))  # square, but nothing face-like: still an error, never edited as a face
+    with pytest.raises(NoFaceFound, match="set whole_image"):
+        execute(Invert, RestoreRequest(image=square))
+    result = execute(Invert, RestoreRequest(image=square, params={"whole_image": True}))  # the user says so
+    assert np.any(result.image != square)
+
+
+def test_noise_and_flat_images_are_not_parsed_as_faces():
+    from faceedit_parsing.backend import CompactParserBackend
+
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    for image in (noise, np.full((256, 256, 3), 128, np.uint8)):
+        with pytest.raises(NoFaceFound):
+            execute(CompactParserBackend, ParseRequest(image=image))
+
+
+def test_a_weak_face_candidate_is_used_and_said(monkeypatch):
+    weak = detect.DetectedFace(box=[50, 80, 120, 150], score=0.6, landmarks=FACE_A)
+    monkeypatch.setattr(detect, "detect_faces", lambda image, *a, **k: [weak])
+    result = execute(Invert, RestoreRequest(image=photo()))
+    assert "weak candidate (detector score 0.60)" in result.provenance.notes
 
 
 def test_face_index_out_of_range_names_how_many_were_found():

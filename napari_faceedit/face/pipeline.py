@@ -1,12 +1,14 @@
 """The one face loop every face backend runs through: find faces -> choose -> align -> edit -> paste back.
 
 No-face rule (the same for every task): faces come from ``request.landmarks`` when given, else from
-the detector (once per image per run, through the run context). When the detector finds none, the
-image is taken as one face crop already aligned to the backend's framing only if it is nearly square
-(aspect ratio 0.8 .. 1.25) and 64 .. ``ASSUMED_CROP_MAX_SIDE`` px on its longer side, the way
-aligned face datasets (FFHQ, CelebA-HQ, cropped-face folders) are stored. Anything else raises
-:class:`NoFaceFound` — unless the run allows it (``--allow-no-face`` in batch mode), in which case
-the image passes through unchanged and the result says so. ``whole_image=True`` skips detection.
+the detector (once per image per run, through the run context), keeping faces scored at least
+``DEFAULT_MIN_SCORE``. When there are none, a weaker candidate (score >= ``WEAK_FACE_SCORE``) is used
+and the result says so; a picture with no face-like candidate at all (noise, a flat image, a
+landscape) raises :class:`NoFaceFound` — it is never parsed or edited as if it were a face. Every
+real face crop we test on (CelebA, CelebAMask-HQ, FFHQ, degraded and grayscale crops) is found at
+the normal threshold. ``whole_image=True`` says the image is an aligned face crop and skips
+detection. A run that allows it (``--allow-no-face`` in batch mode) passes an image without a face
+through unchanged and says so.
 """
 from __future__ import annotations
 
@@ -25,8 +27,7 @@ if TYPE_CHECKING:
     from ..context import RunContext
     from ..tasks import Request
 
-ASSUMED_CROP_MAX_SIDE = 1024
-ASSUMED_CROP_ASPECT = (0.8, 1.25)
+WEAK_FACE_SCORE = 0.5  # below the normal threshold, above what MTCNN gives noise or flat images (nothing)
 # Parser classes that make up "the face" for Paste.FACE_REGION: skin .. hair (not hat, jewellery, neck, cloth).
 FACE_REGION_CLASSES = tuple(range(1, 14))
 
@@ -37,12 +38,6 @@ class NoFaceFound(ValueError):
 
 class FaceIndexError(IndexError, ValueError):
     """``face_index`` does not name one of the detected faces (a bad request value, hence ValueError too)."""
-
-
-def looks_like_face_crop(image: np.ndarray) -> bool:
-    height, width = image.shape[:2]
-    return (ASSUMED_CROP_ASPECT[0] <= width / height <= ASSUMED_CROP_ASPECT[1]
-            and 64 <= max(height, width) <= ASSUMED_CROP_MAX_SIDE)
 
 
 def whole_image_face(image: np.ndarray, template: str) -> DetectedFace:
@@ -66,12 +61,13 @@ def find_faces(image: np.ndarray, ctx: "RunContext", template: str, whole_image:
     faces = ctx.detect(image)
     if faces:
         return faces
-    if looks_like_face_crop(image):
-        ctx.note("no face detected: the image was taken as one aligned face crop")
-        return [whole_image_face(image, template)]
+    weak = ctx.detect(image, min_score=WEAK_FACE_SCORE)
+    if weak:
+        ctx.note(f"no clear face: used the best weak candidate (detector score {weak[0].score:.2f})")
+        return weak[:1]
     height, width = image.shape[:2]
     raise NoFaceFound(f"no face found in the {width}x{height} image; try a photo where the face is larger, "
-                      "sharper or more frontal, or pass an aligned, square face crop")
+                      "sharper or more frontal; for an aligned face crop, set whole_image")
 
 
 def _box_of(points: np.ndarray) -> np.ndarray:
