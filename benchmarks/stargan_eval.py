@@ -2,7 +2,7 @@
 
 1. Attribute classifier (ours, ``faceedit_stargan.classifier``): trained on the first 4500 images,
    held-out accuracy per attribute on the last 500; saved (float16) to
-   ``resources/models/celeba_attr_classifier.pt``. Skipped when the file exists (``--retrain`` forces).
+   the stargan plugin's ``models/celeba_attr_classifier.pt``. Skipped when the file exists (``--retrain`` forces).
 2. Edit scoring of a generator (``--generator``: a ``faceedit train stargan`` output folder, or a
    weights file/id with the official 128 px layout) on the held-out 500: for each single-attribute
    edit (each hair colour, flip Male, flip Young) the fraction of edited faces the classifier assigns
@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins" / "faceedit_stargan"))
 
 from faceedit_stargan.classifier import (  # noqa: E402
-    CLASSIFIER_ATTRIBUTES, CLASSIFIER_SIZE, AttributeClassifier, images_to_tensor, load_classifier,
-    predict_probabilities)
+    CLASSIFIER_ATTRIBUTES, CLASSIFIER_SIZE, AttributeClassifier, default_classifier_path, images_to_tensor,
+    load_classifier, predict_probabilities)
 from faceedit_stargan.data import AttributeFaces  # noqa: E402
 from faceedit_stargan.model import Generator  # noqa: E402
 from faceedit_stargan.train import demo_targets  # noqa: E402
@@ -102,7 +102,7 @@ def accuracy_report(model, held_out) -> dict:
 
 
 def load_generator(spec: str) -> tuple[Generator, int, str]:
-    """A training output folder (G_latest.pt + generator.json) or a weights file/registry id (official layout)."""
+    """A training output folder (G_latest.pt + generator.json) or a weights file/catalogue id (official layout)."""
     path = Path(spec)
     if path.is_dir():
         meta = json.loads((path / "generator.json").read_text())
@@ -118,7 +118,7 @@ def load_generator(spec: str) -> tuple[Generator, int, str]:
             what["last_losses"] = {k: round(v, 4) for k, v in last.items() if "/" in k}
         checkpoints = sorted((path / "checkpoints").glob("step_*.pt"))
         if checkpoints:
-            what["config"] = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["config"]
+            what["config"] = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)["config"]
         return G.eval(), int(meta["image_size"]), what
     from napari_faceedit import weights
 
@@ -186,10 +186,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=SHARED / "data" / "celeba")
     p.add_argument("--hold-out", type=int, default=500)
-    p.add_argument("--classifier", type=Path, default=REPO / "resources" / "models" / "celeba_attr_classifier.pt")
+    p.add_argument("--classifier", type=Path, default=default_classifier_path())
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--generator", default=None, help="training output folder, weights file or registry id")
+    p.add_argument("--generator", default=None, help="training output folder, weights file or catalogue id")
     p.add_argument("--photos", type=int, default=50, help="held-out photos through the full backend pipeline")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", type=Path, default=None, help="keep the decoded images here between runs")

@@ -35,9 +35,9 @@ class Backend:
     limitations: ClassVar[str] = ""
     # CelebA attribute names this backend can edit/condition on (see vocab.CELEBA_ATTRIBUTES).
     supported_attributes: ClassVar[tuple[str, ...]] = ()
-    # Ids in the weights catalogue that must be present before the backend can run.
+    # Ids in the weights catalogue (any plugin's) that must be present before the backend can run.
     weights: ClassVar[tuple[str, ...]] = ()
-    # Our own small models shipped with the package (file names; see weights.bundled_path).
+    # Our own small models shipped inside a plugin package (file names; see weights.bundled_path).
     bundled: ClassVar[tuple[str, ...]] = ()
     # Higher wins when the CLI picks "the best available backend" for a task.
     priority: ClassVar[int] = 0
@@ -75,8 +75,12 @@ class Backend:
 def _weights_ready(weights_ids, bundled) -> tuple[bool, str]:
     from . import weights
 
-    problems = [f"embedded model {weights.bundled_path(name)} is missing (reinstall napari-faceedit)"
-                for name in bundled if not weights.bundled_path(name).is_file()]
+    problems = []
+    for name in bundled:
+        try:
+            weights.bundled_path(name)
+        except weights.WeightsError as error:  # not shipped by any installed plugin, or by two
+            problems.append(str(error))
     for weights_id in weights_ids:
         try:
             found = weights.check(weights_id)

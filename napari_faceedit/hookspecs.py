@@ -32,3 +32,12 @@ def faceedit_parity_models() -> list:
 @hookspec
 def faceedit_trainers() -> dict:
     """Return ``{model_name: main(argv) -> int}``: training commands run as ``faceedit train MODEL ...``."""
+
+
+@hookspec
+def faceedit_weights() -> list:
+    """Return :class:`napari_faceedit.weights.WeightsCatalogue` objects: the plugin's catalogue of
+    published checkpoints (a TOML file inside the package), the folder of the models it ships, and
+    a network builder per entry (``build(config) -> nn.Module``) to check files before trusting them.
+    ``WeightsCatalogue.in_folder(Path(__file__).parent, builders)`` reads the usual layout
+    (``weights.toml`` and ``models/`` beside the hooks module)."""

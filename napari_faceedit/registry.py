@@ -17,7 +17,7 @@ from .tasks import Task
 @dataclass(frozen=True)
 class PluginFailure:
     plugin: str  # entry-point name or module name
-    stage: str  # "import", "register", "hook" or "backend"
+    stage: str  # "import", "register", "hook", "backend" or "weights"
     error: str  # one line: exception type and message
     details: str = ""  # full traceback, for logs
 
@@ -38,6 +38,7 @@ class BackendRegistry:
         self.failures: list[PluginFailure] = []
         self.backends: dict[str, type[Backend]] = {}
         self.backend_plugin: dict[str, str] = {}
+        self.weights_catalogues: list = []  # weights.PluginCatalogue, one per plugin contribution
         if entry_point_group:
             self._load_entry_points(entry_point_group)
 
@@ -76,6 +77,16 @@ class BackendRegistry:
                 continue
             for backend in contributed:
                 self._add_backend(backend, name)
+        for impl in self.plugin_manager.hook.faceedit_weights.get_hookimpls():
+            if impl.plugin_name != name:
+                continue
+            try:
+                contributed = list(impl.function() or [])
+            except Exception as exc:  # noqa: BLE001
+                self._fail(name, "weights", exc)
+                continue
+            for catalogue in contributed:
+                self._add_weights(catalogue, name)
 
     def _add_backend(self, backend: object, plugin_name: str) -> None:
         try:
@@ -94,6 +105,22 @@ class BackendRegistry:
             return
         self.backends[name] = backend
         self.backend_plugin[name] = plugin_name
+
+    def _add_weights(self, contribution: object, plugin_name: str) -> None:
+        """A plugin's weights catalogue, read now: a broken one is a failure of that plugin only."""
+        from .weights.catalogue import resolve_contribution
+        from .weights.errors import CatalogueError
+
+        try:
+            resolved = resolve_contribution(contribution, plugin_name)
+            for other in self.weights_catalogues:
+                clash = sorted(set(resolved.entries) & set(other.entries))
+                if clash:
+                    raise CatalogueError(f"weights id(s) {', '.join(clash)} already provided by plugin '{other.plugin}'")
+        except Exception as exc:  # noqa: BLE001
+            self._fail(plugin_name, "weights", exc)
+            return
+        self.weights_catalogues.append(resolved)
 
     def _fail(self, plugin: str, stage: str, exc: BaseException) -> None:
         self.failures.append(PluginFailure(plugin, stage, _one_line(exc), traceback.format_exc()))

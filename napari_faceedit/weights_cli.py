@@ -1,11 +1,14 @@
-"""``faceedit weights ...``: list, download, import, verify, locate and unpin official checkpoints.
+"""``faceedit weights ...``: list, download, import, verify, locate and unpin published checkpoints
+from every installed plugin's catalogue.
 
 ``napari_faceedit.cli`` calls :func:`add_weights_commands` on its subparsers; every command sets
 ``func`` (``func(args) -> exit code``). ``python -m napari_faceedit.weights_cli`` works alone too.
+A cache folder that cannot be used, or a broken catalogue override, is one line and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -28,21 +31,22 @@ def apply_offline(args: argparse.Namespace) -> None:
 def add_weights_commands(subparsers) -> argparse.ArgumentParser:
     """Register ``weights`` and its subcommands on an ``add_subparsers()`` object."""
     parser = subparsers.add_parser(
-        "weights", help="manage official checkpoints (list, download, import, verify, path)",
-        description="Official third-party checkpoints: where they are, whether they verify, how to get them. "
-                    f"Cache: {weights.ENV_CACHE_DIR}; weights folder searched first: {weights.ENV_WEIGHTS_DIR}; "
-                    f"offline: {weights.ENV_OFFLINE}=1.")
+        "weights", help="manage published checkpoints (list, download, import, verify, path)",
+        description="Published third-party checkpoints listed by the installed plugins: where they are, whether "
+                    f"they verify, how to get them. Cache: {weights.ENV_CACHE_DIR}; weights folder searched first: "
+                    f"{weights.ENV_WEIGHTS_DIR}; offline: {weights.ENV_OFFLINE}=1.")
     add_offline_argument(parser)
     parser.set_defaults(func=lambda args: _print_help(parser))
     commands = parser.add_subparsers(dest="weights_command", metavar="COMMAND")
 
-    listing = commands.add_parser("list", help="every registry entry with its local status and licence")
+    listing = commands.add_parser("list", help="every catalogue entry with its plugin, local status and licence")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    listing.add_argument("--backend", help="only entries of this backend")
+    listing.add_argument("--backend", help="only entries of this backend family")
+    listing.add_argument("--plugin", help="only entries owned by this plugin")
     listing.set_defaults(func=cmd_list)
 
     download = commands.add_parser("download", help="download and verify weights into the cache")
-    download.add_argument("id", metavar="ID|all")
+    download.add_argument("id", metavar="ID|all", help="an id, or 'all': every entry an installed backend uses")
     download.add_argument("--force", action="store_true", help="download again even if present")
     add_offline_argument(download)
     download.set_defaults(func=cmd_download)
@@ -53,7 +57,7 @@ def add_weights_commands(subparsers) -> argparse.ArgumentParser:
     importing.add_argument("--link", action="store_true", help="symlink instead of copying")
     importing.set_defaults(func=cmd_import)
 
-    verify = commands.add_parser("verify", help="re-hash present files and compare with the registry/pins")
+    verify = commands.add_parser("verify", help="re-hash present files and compare with the published/pinned hashes")
     verify.add_argument("id", nargs="?", metavar="ID")
     verify.set_defaults(func=cmd_verify)
 
@@ -76,21 +80,52 @@ def _err(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+_SETUP_ERRORS = (weights.CacheFolderError, weights.CatalogueError)
+
+
+def _failed(exc: weights.WeightsError, code: int) -> int:
+    """Report ``exc``; a cache folder that cannot be used or a broken catalogue exits 2."""
+    _err(str(exc))
+    return 2 if isinstance(exc, _SETUP_ERRORS) else code
+
+
+def _one_line_errors(command: Callable[..., int]) -> Callable[..., int]:
+    """A cache folder that cannot be used or a broken catalogue: one line and exit 2, no traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs) -> int:
+        try:
+            return command(*args, **kwargs)
+        except _SETUP_ERRORS as exc:
+            return _failed(exc, 2)
+
+    return run
+
+
+def _hash_text(row: dict) -> str:
+    if row["hash_published"]:
+        return "published"
+    return "pinned" if row["pinned"] else "not pinned"
+
+
+@_one_line_errors
 def cmd_list(args: argparse.Namespace, out: TextIO = None) -> int:
     out = out or sys.stdout
     rows = [weights.describe(i) for i in weights.ids()]
     if args.backend:
         rows = [r for r in rows if r["backend"] == args.backend]
+    if getattr(args, "plugin", None):
+        rows = [r for r in rows if r["plugin"] == args.plugin]
     if args.json:
         json.dump(rows, out, indent=2)
         out.write("\n")
         return 0
-    header = ("ID", "BACKEND", "SIZE", "STATUS", "LICENCE")
-    table = [(r["id"], r["backend"], r["size_text"], r["status"] + (" (pinned)" if r["pinned"] else ""),
-              _shorten(r["license"], 70)) for r in rows]
-    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(4)]
+    header = ("ID", "PLUGIN", "SIZE", "STATUS", "HASH", "UNVERIFIED", "LICENCE")
+    table = [(r["id"], r["plugin"], r["size_text"], r["status"], _hash_text(r),
+              ", ".join(r["unverified"]) or "-", _shorten(r["license"], 60)) for r in rows]
+    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header) - 1)]
     for row in [header, *table]:
-        out.write("  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] + "\n")
+        out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] + "\n")
     out.write(f"cache: {weights.cache_dir()}\n")
     return 0
 
@@ -128,10 +163,29 @@ class _TextProgress:
             self.stream.write("\n")
 
 
+def _used_by_installed_backends() -> dict[str, list[str]]:
+    """Weights id -> names of the installed backends that need it."""
+    from .registry import get_registry
+
+    used: dict[str, list[str]] = {}
+    for name, backend in sorted(get_registry().backends.items()):
+        for weights_id in getattr(backend, "weights", ()):
+            used.setdefault(weights_id, []).append(name)
+    return used
+
+
+@_one_line_errors
 def cmd_download(args: argparse.Namespace) -> int:
     if args.id == "all":
-        targets = [i for i in weights.ids() if weights.entry(i).urls]
-        manual = [i for i in weights.ids() if not weights.entry(i).urls]
+        used = _used_by_installed_backends()
+        known = weights.ids()
+        wanted = [i for i in known if i in used]
+        targets = [i for i in wanted if weights.entry(i).urls]
+        manual = [i for i in wanted if not weights.entry(i).urls]
+        unused = [i for i in known if i not in used]
+        if unused:
+            print(f"not downloaded, no installed backend uses them (download one by id if you want it): "
+                  f"{', '.join(unused)}")
     else:
         try:
             weights.entry(args.id)
@@ -142,12 +196,16 @@ def cmd_download(args: argparse.Namespace) -> int:
     failures = 0
     for weights_id in targets:
         item = weights.entry(weights_id)
-        print(f"{weights_id}: {item.size_text()}; licence: {item.license}")
+        print(f"{weights_id} ({item.plugin}): {item.size_text()}; licence: {item.license}")
+        if item.unverified():
+            print(f"{weights_id}: not verified: {', '.join(item.unverified())} (see 'faceedit weights list --json')")
         progress = _TextProgress(weights_id)
         try:
             result = weights.download(weights_id, progress, force=args.force)
         except weights.WeightsError as exc:
             progress.finish()
+            if isinstance(exc, _SETUP_ERRORS):
+                return _failed(exc, 2)
             _err(str(exc))
             failures += 1
             continue
@@ -162,6 +220,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+@_one_line_errors
 def cmd_import(args: argparse.Namespace) -> int:
     try:
         result = weights.import_file(args.id, args.path, link=args.link)
@@ -170,14 +229,14 @@ def cmd_import(args: argparse.Namespace) -> int:
         _err(f"expected sha256: {exc.expected_sha256 or '(none)'}; actual sha256: {exc.actual_sha256 or '(not computed)'}")
         return 1
     except weights.WeightsError as exc:
-        _err(str(exc))
-        return 1
+        return _failed(exc, 1)
     if result.message:
         print(result.message)
     print(f"{args.id}: {'linked' if args.link else 'imported'} {result.path} (sha256 {result.sha256})")
     return 0
 
 
+@_one_line_errors
 def cmd_verify(args: argparse.Namespace) -> int:
     targets = [args.id] if args.id else weights.ids()
     bad = 0
@@ -185,11 +244,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             found = weights.check(weights_id, fresh=True)
         except weights.WeightsError as exc:
-            _err(str(exc))
-            return 2
+            return _failed(exc, 2)
         if found.state == weights.PRESENT:
             how = {"published": "matches the published hash", "pinned": "matches the pinned hash"}.get(
-                found.hash_origin, "no hash to compare (not pinned yet)")
+                found.hash_origin, "checked against its network (not pinned yet)")
             print(f"{weights_id}: ok, {how}: {found.path}")
         elif found.state == weights.CORRUPT:
             print(f"{weights_id}: CORRUPT: {found.message}")
@@ -200,6 +258,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+@_one_line_errors
 def cmd_path(args: argparse.Namespace) -> int:
     if not args.id:
         for key, value in weights.locations().items():
@@ -208,17 +267,16 @@ def cmd_path(args: argparse.Namespace) -> int:
     try:
         print(weights.path(args.id))
     except weights.WeightsError as exc:
-        _err(str(exc))
-        return 1
+        return _failed(exc, 1)
     return 0
 
 
+@_one_line_errors
 def cmd_unpin(args: argparse.Namespace) -> int:
     try:
         removed = weights.unpin(args.id)
     except weights.WeightsError as exc:
-        _err(str(exc))
-        return 2
+        return _failed(exc, 2)
     print(f"{args.id}: {'pinned hash forgotten' if removed else 'nothing was pinned'}")
     return 0
 

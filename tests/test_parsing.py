@@ -151,12 +151,12 @@ def test_training_runs_and_resumes(tmp_path, capsys):
     common = ["--data", str(data), "--out", str(run), "--batch", "2", "--crop", "64", "--cache", "",
               "--ckpt-every", "1", "--log-every", "1", "--warmup", "1"]
     assert main(common + ["--steps", "2"]) == 0
-    first = torch.load(run / CHECKPOINT_NAME, weights_only=False)
+    first = torch.load(run / CHECKPOINT_NAME, weights_only=True)
     assert first["step"] == 2
     assert main(common + ["--steps", "3", "--resume", "--export", str(run / "half.pt")]) == 0
     out = capsys.readouterr().out
     assert "resumed at step 2" in out and "step 3 loss" in out
-    second = torch.load(run / CHECKPOINT_NAME, weights_only=False)
+    second = torch.load(run / CHECKPOINT_NAME, weights_only=True)
     assert second["step"] == 3
     assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
     half = torch.load(run / "half.pt", weights_only=True)

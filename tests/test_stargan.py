@@ -177,7 +177,7 @@ def test_training_gives_finite_losses_and_resume_continues_exactly(tmp_path):
         losses = [v for k, v in entry.items() if "/" in k]
         assert losses and all(np.isfinite(losses))
     assert {"G/loss_rec", "G/loss_cls", "D/loss_gp"} <= set(log[-1])
-    state = torch.load(resumed / "checkpoints" / "step_00000004.pt", weights_only=False)
+    state = torch.load(resumed / "checkpoints" / "step_00000004.pt", weights_only=True)
     assert state["step"] == 4 and state["config"]["image_size"] == 32
     # Resuming restores weights, optimisers and RNG: identical to the uninterrupted run.
     a = torch.load(straight / "G_latest.pt", weights_only=True)
@@ -332,7 +332,7 @@ def test_our_attribute_classifier_is_small_and_estimates_source_attributes():
 
     path = default_classifier_path()
     if not path.exists():
-        pytest.skip("resources/models/celeba_attr_classifier.pt not trained yet (benchmarks/stargan_eval.py)")
+        pytest.skip("the stargan plugin's models/celeba_attr_classifier.pt is not trained yet (benchmarks/stargan_eval.py)")
     assert path.stat().st_size < 2 * 2**20
     classifier = load_classifier(path)
     probabilities = predict_probabilities(classifier, synthetic_photo((64, 64))[None])

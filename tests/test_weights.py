@@ -1,7 +1,9 @@
-"""Weights manager: registry, cache, download/import verification, trust on first use, safe loading.
+"""Weights manager: catalogue, cache, download (pooch) and import verification, trust on first use,
+safe loading.
 
 No internet: files are served by a local http.server on 127.0.0.1 or through file:// URLs, and
-the "checkpoints" are small real torch state dicts described by a temporary registry.
+the "checkpoints" are small real torch state dicts described by a temporary catalogue (the
+override that replaces the plugins' catalogues), whose builders make ``TinyNet``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from torch import nn
 
 from napari_faceedit import weights
 
-ENV_VARS = (weights.ENV_CACHE_DIR, weights.ENV_WEIGHTS_DIR, weights.ENV_OFFLINE, weights.ENV_REGISTRY)
+ENV_VARS = (weights.ENV_CACHE_DIR, weights.ENV_WEIGHTS_DIR, weights.ENV_OFFLINE, weights.ENV_CATALOGUE)
 
 
 # -- helpers shared with test_weights_cli.py / test_weights_dialog.py ---------------------------------
@@ -57,10 +59,12 @@ def _toml_value(value) -> str:
     raise TypeError(value)
 
 
-def write_registry(target: Path, entries: dict[str, dict]) -> Path:
+def write_catalogue(target: Path, entries: dict[str, dict]) -> Path:
     lines = []
     for entry_id, fields in entries.items():
         record = {"backend": "tiny", "license": "test licence: research only", "paper": "none"}
+        if fields.get("hash_published"):
+            record["hash_source"] = "the test"
         record.update(fields)
         lines.append(f"[{entry_id}]")
         lines += [f"{key} = {_toml_value(value)}" for key, value in record.items()]
@@ -145,17 +149,22 @@ def tiny(tmp_path):
     return model, data, sha(data), source
 
 
-def use_registry(tmp_path, monkeypatch, entries) -> Path:
-    registry = write_registry(tmp_path / "registry.toml", entries)
-    monkeypatch.setenv(weights.ENV_REGISTRY, str(registry))
-    return registry
+def tiny_builder(config: dict) -> TinyNet:
+    return TinyNet(**config)
 
 
-def serve_tiny_registry(tmp_path, monkeypatch, server, tiny, license: str, **more_entries):
-    """A registry whose entry 'tiny' (published hash, given licence) downloads from the local server."""
+def use_catalogue(tmp_path, monkeypatch, entries, builders: dict | None = None) -> Path:
+    """``entries`` as the only catalogue; every entry's network is ``TinyNet`` unless ``builders`` says."""
+    catalogue = write_catalogue(tmp_path / "catalogue.toml", entries)
+    weights.set_catalogue_override(catalogue, {i: tiny_builder for i in entries} if builders is None else builders)
+    return catalogue
+
+
+def serve_tiny_catalogue(tmp_path, monkeypatch, server, tiny, license: str, **more_entries):
+    """A catalogue whose entry 'tiny' (published hash, given licence) downloads from the local server."""
     _, data, digest, source = tiny
     url = server.serve("/tiny.pth", data)
-    use_registry(tmp_path, monkeypatch, {
+    use_catalogue(tmp_path, monkeypatch, {
         "tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest, "hash_published": True,
                  "size": len(data), "license": license},
         **more_entries,
@@ -163,41 +172,75 @@ def serve_tiny_registry(tmp_path, monkeypatch, server, tiny, license: str, **mor
     return data, digest, source
 
 
-# -- the real registry ---------------------------------------------------------------------------------
-REQUIRED_IDS = ["stargan-celeba-128", "stargan-celeba-256", "gpen-bfr-256", "gpen-bfr-512", "gpen-bfr-1024",
-                "bisenet-79999", "clip-vit-b32", "tedigan-ffhq256-generator", "tedigan-ffhq256-encoder"]
+# -- the built-in plugins' catalogues ------------------------------------------------------------------
+REQUIRED = {"stargan-celeba-128": "stargan", "stargan-celeba-256": "stargan", "gpen-bfr-256": "gpen",
+            "gpen-bfr-512": "gpen", "gpen-bfr-1024": "gpen", "bisenet-79999": "parsing", "clip-vit-b32": "tedigan",
+            "tedigan-ffhq256-generator": "tedigan", "tedigan-ffhq256-encoder": "tedigan"}
 
 
-def test_official_registry_has_required_entries(isolated):
-    registry = weights.load_registry()
-    for weights_id in REQUIRED_IDS:
-        assert weights_id in registry
-    assert any(i.startswith("maskguided-") for i in registry)
-    stargan = registry["stargan-celeba-128"]
-    assert stargan.file_name == "200000-G.ckpt" and stargan.size == 33_764_594
-    assert stargan.sha256 == "5d8ee48fa2f5232f4bc0919a9ec795409041181688a1e0f596adec754b3ddd5c"
+def test_builtin_plugins_own_their_catalogues(isolated):
+    catalogue = weights.load_catalogue()
+    for weights_id, plugin in REQUIRED.items():
+        assert catalogue[weights_id].plugin == plugin, weights_id
+    masks = {i: e for i, e in catalogue.items() if i.startswith("maskguided-")}
+    assert len(masks) == 17 and {e.plugin for e in masks.values()} == {"maskguided"}
+    stargan = catalogue["stargan-celeba-128"]
+    assert stargan.file_name == "200000-G.ckpt" and stargan.approx_size == 33_764_594 and stargan.size is None
     assert stargan.config == {"conv_dim": 64, "c_dim": 5, "repeat_num": 6}
     assert "7e966qq0nlxwte4" in stargan.urls[0] and stargan.archive == "zip"
-    clip = registry["clip-vit-b32"]
+    clip = catalogue["clip-vit-b32"]
     assert clip.sha256 in clip.urls[0] and clip.format == "torchscript" and clip.file_name == "ViT-B-32.pt"
-    assert registry["gpen-bfr-512"].config == {"size": 512, "style_dim": 512, "n_mlp": 8,
-                                               "channel_multiplier": 2, "narrow": 1}
-    assert registry["gpen-bfr-256"].config["narrow"] == 0.5
-    assert registry["bisenet-79999"].file_name == "79999_iter.pth"
-    assert registry["tedigan-ffhq256-generator"].file_name == "styleganinv_ffhq256_generator.pth"
-    assert registry["tedigan-ffhq256-encoder"].file_name == "styleganinv_ffhq256_encoder.pth"
-    for item in registry.values():
-        assert item.license and item.paper and item.config, item.id
+    assert catalogue["gpen-bfr-512"].config == {"size": 512, "style_dim": 512, "n_mlp": 8,
+                                                "channel_multiplier": 2, "narrow": 1}
+    assert catalogue["gpen-bfr-256"].config["narrow"] == 0.5
+    assert catalogue["bisenet-79999"].file_name == "79999_iter.pth"
+    assert catalogue["tedigan-ffhq256-generator"].file_name == "styleganinv_ffhq256_generator.pth"
+    assert catalogue["tedigan-ffhq256-encoder"].file_name == "styleganinv_ffhq256_encoder.pth"
+    for item in catalogue.values():
+        assert item.license and item.paper and (item.config or item.format == "data"), item.id
         assert item.hash_published == bool(item.sha256), item.id
-    # Nothing public has a published hash except those two; the rest rely on trust on first use.
-    assert {i for i, e in registry.items() if e.hash_published} == {"stargan-celeba-128", "clip-vit-b32"}
-    assert all(not e.urls for i, e in registry.items() if i.startswith("maskguided-"))
+        # Nobody could fetch these offline: every URL says it is unverified.
+        assert not item.url_verified and ("download URL" in item.unverified()) == bool(item.urls), item.id
+        assert item.hash_published or item.approx_size, item.id  # the size check before trusting needs it
+    # Only OpenAI publishes a hash (in its download path); the rest are checked, then pinned on first use.
+    assert {i for i, e in catalogue.items() if e.hash_published} == {"clip-vit-b32"}
+    assert {i for i, e in catalogue.items() if not e.keys_verified} == {"gpen-bfr-1024"}
+    assert all(not e.urls for e in masks.values())
 
 
-def test_registry_rejects_bad_hash(tmp_path, isolated, monkeypatch):
-    use_registry(tmp_path, monkeypatch, {"bad": {"file_name": "x.pth", "sha256": "abc", "hash_published": True}})
+def test_every_builtin_entry_has_a_network_that_builds_from_its_config(isolated):
+    for weights_id, item in weights.load_catalogue().items():
+        if item.format == "data":  # not a network's weights: the plugin checks the file itself
+            assert weights.checker(weights_id) is not None, weights_id
+            continue
+        build = weights.builder(weights_id)
+        assert build is not None, weights_id
+        with torch.device("meta"):  # shapes only
+            network = build(dict(item.config))
+        assert len(network.state_dict()) > 0, weights_id
+
+
+def test_builtin_bundled_models_live_in_their_plugins(isolated):
+    for file_name, plugin in (("faceparse_compact.pt", "faceedit_parsing"), ("restore_compact.pt", "faceedit_gpen"),
+                              ("celeba_attr_classifier.pt", "faceedit_stargan")):
+        found = weights.bundled_path(file_name)
+        assert found.is_file() and found.parent.name == "models" and found.parent.parent.name == plugin
+
+
+def test_catalogue_rejects_bad_hash(tmp_path, isolated, monkeypatch):
+    use_catalogue(tmp_path, monkeypatch, {"bad": {"file_name": "x.pth", "sha256": "abc", "hash_published": True}})
     with pytest.raises(weights.WeightsError, match="entry 'bad'.*64-digit"):
-        weights.load_registry()
+        weights.load_catalogue()
+
+
+def test_catalogue_rejects_a_hash_the_authors_did_not_publish(tmp_path, isolated, monkeypatch):
+    use_catalogue(tmp_path, monkeypatch, {"bad": {"file_name": "x.pth", "sha256": "0" * 64, "hash_published": False}})
+    with pytest.raises(weights.CatalogueError, match="only hashes the authors publish"):
+        weights.load_catalogue()
+    use_catalogue(tmp_path, monkeypatch, {"bad": {"file_name": "x.pth", "sha256": "0" * 64, "hash_published": True,
+                                                  "hash_source": ""}})
+    with pytest.raises(weights.CatalogueError, match="needs 'hash_source'"):
+        weights.load_catalogue()
 
 
 def test_unknown_id_is_a_clear_error(isolated):
@@ -234,7 +277,7 @@ def test_env_and_setting_overrides(tmp_path, isolated, monkeypatch):
 def test_good_download_over_http(tmp_path, isolated, monkeypatch, server, tiny):
     model, data, digest, _ = tiny
     url = server.serve("/tiny.pth", data)
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
                                                   "hash_published": True, "size": len(data)}})
     assert weights.status("tiny") == weights.MISSING
     calls = []
@@ -252,7 +295,7 @@ def test_good_download_over_http(tmp_path, isolated, monkeypatch, server, tiny):
 
 def test_good_download_from_file_url(tmp_path, isolated, monkeypatch, tiny):
     _, data, digest, source = tiny
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [source.as_uri()],
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [source.as_uri()],
                                                   "sha256": digest, "hash_published": True}})
     assert weights.download("tiny").path.read_bytes() == data
 
@@ -260,7 +303,7 @@ def test_good_download_from_file_url(tmp_path, isolated, monkeypatch, tiny):
 def test_truncated_download_is_deleted(tmp_path, isolated, monkeypatch, server, tiny):
     _, data, digest, _ = tiny
     url = server.serve("/short.pth", data[: len(data) // 2])
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
                                                   "hash_published": True, "size": len(data)}})
     with pytest.raises(weights.DownloadError) as caught:
         weights.download("tiny")
@@ -274,7 +317,7 @@ def test_truncated_download_is_deleted(tmp_path, isolated, monkeypatch, server, 
 def test_connection_closed_early_is_an_error(tmp_path, isolated, monkeypatch, server, tiny):
     _, data, digest, _ = tiny
     url = server.serve("/cut.pth", data[:100], Content_Length=str(len(data)))
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
                                                   "hash_published": True}})
     with pytest.raises(weights.DownloadError, match=rf"(?s){url}.*stopped after 100 of {len(data)} bytes"):
         weights.download("tiny")
@@ -286,7 +329,7 @@ def test_tampered_download_names_url_and_both_hashes(tmp_path, isolated, monkeyp
     tampered = bytearray(data)
     tampered[-10] ^= 0xFF
     url = server.serve("/tampered.pth", bytes(tampered))
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
                                                   "hash_published": True, "size": len(data)}})
     with pytest.raises(weights.DownloadError) as caught:
         weights.download("tiny")
@@ -301,14 +344,14 @@ def test_tampered_download_names_url_and_both_hashes(tmp_path, isolated, monkeyp
 def test_urls_are_tried_in_order(tmp_path, isolated, monkeypatch, server, tiny):
     _, data, digest, _ = tiny
     good = server.serve("/good.pth", data)
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True,
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True,
                                                   "urls": [server.url("/gone.pth"), good]}})
     assert weights.download("tiny").path.read_bytes() == data
     assert server.hits == ["/gone.pth", "/good.pth"]
 
 
 def test_all_urls_failing_lists_each(tmp_path, isolated, monkeypatch, server):
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "page": "https://example.org/page",
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "page": "https://example.org/page",
                                                   "urls": [server.url("/a"), server.url("/b")]}})
     with pytest.raises(weights.DownloadError, match=r"(?s)2 URL\(s\).*/a failed: HTTP 404.*/b failed: HTTP 404"):
         weights.download("tiny")
@@ -317,7 +360,7 @@ def test_all_urls_failing_lists_each(tmp_path, isolated, monkeypatch, server):
 
 def test_web_page_instead_of_file(tmp_path, isolated, monkeypatch, server):
     url = server.serve("/drive", b"<!DOCTYPE html><html>virus scan warning</html>", Content_Type="text/html")
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url],
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url],
                                                   "page": "https://example.org/page"}})
     with pytest.raises(weights.DownloadError, match="returned a web page.*faceedit weights import tiny PATH"):
         weights.download("tiny")
@@ -328,7 +371,7 @@ def test_web_page_instead_of_file(tmp_path, isolated, monkeypatch, server):
 def test_cancelled_download_leaves_nothing(tmp_path, isolated, monkeypatch, server):
     blob = os.urandom(3 * (1 << 20))
     url = server.serve("/big.bin", blob)
-    use_registry(tmp_path, monkeypatch, {"big": {"file_name": "big.bin", "urls": [url], "sha256": sha(blob),
+    use_catalogue(tmp_path, monkeypatch, {"big": {"file_name": "big.bin", "urls": [url], "sha256": sha(blob),
                                                  "hash_published": True}})
     seen = []
     with pytest.raises(weights.DownloadCancelled):
@@ -344,7 +387,7 @@ def test_zip_archive_member_is_extracted(tmp_path, isolated, monkeypatch, server
         bundle.writestr("200000-D.ckpt", b"discriminator")
         bundle.writestr("200000-G.ckpt", data)
     url = server.serve("/bundle.zip?dl=1", archive.getvalue())
-    use_registry(tmp_path, monkeypatch, {"gen": {"file_name": "200000-G.ckpt", "urls": [url], "archive": "zip",
+    use_catalogue(tmp_path, monkeypatch, {"gen": {"file_name": "200000-G.ckpt", "urls": [url], "archive": "zip",
                                                  "archive_member": "200000-G.ckpt", "sha256": digest,
                                                  "hash_published": True, "size": len(data)}})
     result = weights.download("gen")
@@ -355,7 +398,7 @@ def test_zip_archive_member_is_extracted(tmp_path, isolated, monkeypatch, server
 def test_offline_mode_never_touches_the_network(tmp_path, isolated, monkeypatch, server, tiny):
     _, data, digest, _ = tiny
     url = server.serve("/tiny.pth", data)
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
                                                   "hash_published": True}})
     monkeypatch.setenv(weights.ENV_OFFLINE, "1")
     with pytest.raises(weights.OfflineError, match="offline mode.*faceedit weights import tiny PATH"):
@@ -368,7 +411,7 @@ def test_offline_mode_never_touches_the_network(tmp_path, isolated, monkeypatch,
 
 
 def test_entry_without_urls_explains_manual_download(tmp_path, isolated, monkeypatch):
-    use_registry(tmp_path, monkeypatch, {"manual": {"file_name": "m.pth", "page": "https://example.org/drive"}})
+    use_catalogue(tmp_path, monkeypatch, {"manual": {"file_name": "m.pth", "page": "https://example.org/drive"}})
     with pytest.raises(weights.DownloadError, match="example.org/drive.*faceedit weights import manual PATH"):
         weights.download("manual")
     with pytest.raises(weights.WeightsMissingError, match="faceedit weights import manual PATH.*example.org/drive"):
@@ -378,7 +421,7 @@ def test_entry_without_urls_explains_manual_download(tmp_path, isolated, monkeyp
 # -- import and trust on first use ----------------------------------------------------------------------
 def test_import_good_file_copies(tmp_path, isolated, monkeypatch, tiny):
     _, data, digest, source = tiny
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
     result = weights.import_file("tiny", source)
     assert result.path == isolated / "tiny" / "tiny.pth" and not result.path.is_symlink()
     assert result.path.read_bytes() == data and source.read_bytes() == data and not result.pinned_now
@@ -387,7 +430,7 @@ def test_import_good_file_copies(tmp_path, isolated, monkeypatch, tiny):
 
 def test_import_link(tmp_path, isolated, monkeypatch, tiny):
     _, data, digest, source = tiny
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
     result = weights.import_file("tiny", source, link=True)
     assert result.path.is_symlink() and result.path.resolve() == source.resolve()
     assert weights.path("tiny") == result.path and leftovers(isolated) == []
@@ -397,7 +440,7 @@ def test_import_bad_file_is_refused(tmp_path, isolated, monkeypatch, tiny):
     _, data, digest, _ = tiny
     wrong = tmp_path / "wrong.pth"
     wrong.write_bytes(data[:-1] + b"x")
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
     with pytest.raises(weights.VerificationError) as caught:
         weights.import_file("tiny", wrong)
     assert str(wrong) in str(caught.value) and digest in str(caught.value) and sha(wrong.read_bytes()) in str(caught.value)
@@ -410,7 +453,7 @@ def test_import_bad_file_is_refused(tmp_path, isolated, monkeypatch, tiny):
 
 def test_trust_on_first_use_pins_then_refuses_other_files(tmp_path, isolated, monkeypatch, tiny):
     _, data, digest, source = tiny
-    use_registry(tmp_path, monkeypatch, {"tofu": {"file_name": "tofu.pth"}})
+    use_catalogue(tmp_path, monkeypatch, {"tofu": {"file_name": "tofu.pth"}})
     assert weights.expected_hash("tofu") == ("", "")
     first = weights.import_file("tofu", source)
     assert first.pinned_now and "pinned sha256 " + digest in first.message and "trust on first use" in first.message
@@ -421,8 +464,9 @@ def test_trust_on_first_use_pins_then_refuses_other_files(tmp_path, isolated, mo
     other.write_bytes(data + b"extra")
     with pytest.raises(weights.VerificationError, match="(?s)size mismatch"):
         weights.import_file("tofu", other)
-    same_size = tmp_path / "same_size.pth"
-    same_size.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    same_size = tmp_path / "same_size.pth"  # another TinyNet: same keys, shapes and size, other values
+    same_size.write_bytes(state_bytes(_fresh(seed=5).state_dict()))
+    assert len(same_size.read_bytes()) == len(data)
     with pytest.raises(weights.VerificationError, match=f"expected {digest} \\(pinned.*unpin tofu"):
         weights.import_file("tofu", same_size)
     assert weights.path("tofu").read_bytes() == data  # the pinned file was left alone
@@ -433,7 +477,7 @@ def test_trust_on_first_use_pins_then_refuses_other_files(tmp_path, isolated, mo
 def test_download_pins_when_no_hash_is_published(tmp_path, isolated, monkeypatch, server, tiny):
     _, data, digest, _ = tiny
     url = server.serve("/tofu.pth", data)
-    use_registry(tmp_path, monkeypatch, {"tofu": {"file_name": "tofu.pth", "urls": [url]}})
+    use_catalogue(tmp_path, monkeypatch, {"tofu": {"file_name": "tofu.pth", "urls": [url]}})
     result = weights.download("tofu")
     assert result.pinned_now and url in result.message and weights.pinned_sha256("tofu") == digest
     server.serve("/tofu.pth", data[::-1])  # upstream changes: the pin now refuses it
@@ -445,7 +489,7 @@ def test_download_pins_when_no_hash_is_published(tmp_path, isolated, monkeypatch
 # -- weights folder, corrupt files ---------------------------------------------------------------------
 def test_weights_folder_is_searched_first(tmp_path, isolated, monkeypatch, tiny):
     _, data, digest, source = tiny
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True},
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True},
                                          "tofu": {"file_name": "tofu.pth"}})
     folder = tmp_path / "mine"
     (folder / "tofu").mkdir(parents=True)
@@ -468,7 +512,7 @@ def test_weights_folder_is_searched_first(tmp_path, isolated, monkeypatch, tiny)
 def test_corrupt_cache_file_is_reported_and_repaired(tmp_path, isolated, monkeypatch, server, tiny):
     _, data, digest, _ = tiny
     url = server.serve("/tiny.pth", data)
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "urls": [url], "sha256": digest,
                                                   "hash_published": True}})
     target = weights.download("tiny").path
     target.write_bytes(data[:-1] + b"!")
@@ -511,7 +555,7 @@ def _assert_same(model, reference):
 
 def test_load_state_dict_by_id(tmp_path, isolated, monkeypatch, tiny):
     model, data, digest, source = tiny
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
     weights.import_file("tiny", source)
     target = _fresh()
     assert weights.load_state_dict("tiny", target) == digest
@@ -580,9 +624,9 @@ def test_wrong_expected_hash_refuses_to_load(tmp_path, isolated, tiny):
     assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
 
 
-def test_registry_id_file_tampered_after_import_is_not_loaded(tmp_path, isolated, monkeypatch, tiny):
+def test_catalogue_id_file_tampered_after_import_is_not_loaded(tmp_path, isolated, monkeypatch, tiny):
     _, data, digest, source = tiny
-    use_registry(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
+    use_catalogue(tmp_path, monkeypatch, {"tiny": {"file_name": "tiny.pth", "sha256": digest, "hash_published": True}})
     target_file = weights.import_file("tiny", source).path
     tampered = state_bytes(_fresh(seed=5).state_dict())
     assert len(tampered) == len(data)
@@ -604,7 +648,7 @@ def test_tolerated_keys(tmp_path, isolated, tiny):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script/save are deprecated in torch >= 2.9
-def test_torchscript_archive_needs_registry_permission(tmp_path, isolated, monkeypatch):
+def test_torchscript_archive_needs_catalogue_permission(tmp_path, isolated, monkeypatch):
     torch.manual_seed(3)
     module = TinyNet()
     module.register_buffer("input_resolution", torch.tensor(224))
@@ -614,7 +658,7 @@ def test_torchscript_archive_needs_registry_permission(tmp_path, isolated, monke
     digest = sha(file.read_bytes())
     with pytest.raises(weights.WeightsError, match="TorchScript archive"):
         weights.load_state_dict(file, _fresh())
-    use_registry(tmp_path, monkeypatch, {"clip": {"file_name": "scripted.pt", "format": "torchscript",
+    use_catalogue(tmp_path, monkeypatch, {"clip": {"file_name": "scripted.pt", "format": "torchscript",
                                                   "sha256": digest, "hash_published": True,
                                                   "drop_keys": ["input_resolution"]}})
     weights.import_file("clip", file)
@@ -626,7 +670,7 @@ def test_torchscript_archive_needs_registry_permission(tmp_path, isolated, monke
 def test_backend_readiness_names_missing_corrupt_and_bundled_files(tmp_path, monkeypatch, isolated, server, tiny):
     from napari_faceedit.backend import Backend
 
-    data, _, _ = serve_tiny_registry(tmp_path, monkeypatch, server, tiny, "research only")
+    data, _, _ = serve_tiny_catalogue(tmp_path, monkeypatch, server, tiny, "research only")
 
     class NeedsTiny(Backend):
         name = "needs-tiny"

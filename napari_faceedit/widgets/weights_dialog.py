@@ -1,5 +1,6 @@
-"""Dialog to get the weights a backend needs: licence, size and status of each file, with
-"Download" (in a worker thread, with progress, cancellable) and "Import file..." buttons."""
+"""Dialog to get the weights a backend needs: owning plugin, licence, size, what is unverified and
+status of each file, with "Download" (in a worker thread, with progress, cancellable) and
+"Import file..." buttons."""
 from __future__ import annotations
 
 import html
@@ -80,7 +81,9 @@ class WeightsDialog(QDialog):
 
         layout = QVBoxLayout(self)
         intro = QLabel("These files are published by third parties under their own terms; read the licence "
-                       "before downloading. Files are verified (size, sha256) before use.\n"
+                       "before downloading. A file is used only once it matches the hash its authors published; "
+                       "without one, it must hold exactly the network's keys and shapes (read without running any "
+                       "code), and its hash is then pinned.\n"
                        f"Cache: {weights.cache_dir()}")
         intro.setWordWrap(True)
         layout.addWidget(intro)
@@ -128,7 +131,8 @@ class WeightsDialog(QDialog):
         except weights.WeightsError as exc:
             grid.addWidget(QLabel(f"<b>{weights_id}</b>: {exc}"), line, 0, 1, 4)
             return
-        title = QLabel(f"<b>{html.escape(weights_id)}</b> &nbsp; {html.escape(item.file_name)}, {item.size_text()}")
+        title = QLabel(f"<b>{html.escape(weights_id)}</b> &nbsp; {html.escape(item.file_name)}, {item.size_text()}"
+                       + (f" &nbsp; (plugin: {html.escape(item.plugin)})" if item.plugin else ""))
         title.setWordWrap(True)
         grid.addWidget(title, line, 0)
         grid.addWidget(row.status, line, 1)
@@ -139,6 +143,9 @@ class WeightsDialog(QDialog):
         licence = QLabel(f"Licence: {html.escape(item.license)}"
                          + (f"<br>Download page: <a href='{html.escape(where, quote=True)}'>{html.escape(host)}</a>"
                             if where else "")
+                         + (f"<br>Not verified: {html.escape(', '.join(item.unverified()))}" if item.unverified() else "")
+                         + ("" if item.hash_published else
+                            "<br>No published hash: checked against the network, then pinned on first use")
                          + (f"<br><i>{html.escape(item.note)}</i>" if item.note else ""))
         licence.setWordWrap(True)
         licence.setOpenExternalLinks(True)
@@ -161,13 +168,17 @@ class WeightsDialog(QDialog):
             try:
                 found = weights.check(weights_id)
                 item = weights.entry(weights_id)
-            except weights.WeightsError:
+            except weights.WeightsError as exc:  # e.g. a cache folder that cannot be used
+                row.status.setText("unavailable")
+                row.status.setToolTip(str(exc))
                 row.download.setEnabled(False)
                 row.import_button.setEnabled(False)
                 continue
             text = _STATE_TEXT[found.state]
             if found.state == weights.PRESENT and found.hash_origin == "pinned":
                 text += " (pinned hash)"
+            elif found.state == weights.PRESENT and not found.hash_origin:
+                text += " (checked, pinned on first use)"
             row.status.setText(text)
             row.status.setToolTip(found.message or str(found.path or ""))
             busy = self.is_busy()

@@ -20,3 +20,18 @@ def faceedit_trainers():
     from .train import main
 
     return {"restorer": main}
+
+
+@hookimpl
+def faceedit_weights():
+    from pathlib import Path
+
+    from napari_faceedit.weights import WeightsCatalogue
+
+    def full_generator(config: dict):
+        from .model import FullGenerator
+
+        return FullGenerator(**config)
+
+    builders = {weights_id: full_generator for weights_id in ("gpen-bfr-256", "gpen-bfr-512", "gpen-bfr-1024")}
+    return [WeightsCatalogue.in_folder(Path(__file__).parent, builders)]

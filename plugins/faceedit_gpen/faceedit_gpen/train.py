@@ -4,7 +4,8 @@ Images are read from ``--data`` (aligned CelebA JPEGs, sorted by name); the last
 out. Each step draws random crops of clean faces, degrades them on the fly (``degrade.py``) and
 minimises the L1 error of the restored crop. The learning rate follows a cosine over the run's
 progress (steps or wall-clock minutes, whichever budget is given). ``--resume`` continues from the
-checkpoint; ``--export`` writes the float16 state dict that ships in ``resources/models``.
+checkpoint (tensors and plain values only, read with ``weights_only=True``); ``--export`` writes the
+float16 state dict that ships in this plugin's ``models/`` folder.
 """
 from __future__ import annotations
 
@@ -109,8 +110,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from napari_faceedit.weights import WeightsError, read_checkpoint
+
     from .restore_net import DEFAULT_CONFIG, CompactRestorer, count_parameters, restore_image
 
+    state = None
+    if args.resume and args.checkpoint.exists():  # read before the data: a bad checkpoint fails at once
+        try:
+            state = read_checkpoint(args.checkpoint)
+        except WeightsError as exc:
+            print(f"--resume: {exc}", file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     images = load_images(args.data, args.limit)
@@ -126,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     step, elapsed = 0, 0.0
     rng = np.random.default_rng(args.seed)
-    if args.resume and args.checkpoint.exists():
-        state = torch.load(args.checkpoint, weights_only=False)
+    if state is not None:
         config = state["config"]
         model = CompactRestorer(**config)
         model.load_state_dict(state["model"])

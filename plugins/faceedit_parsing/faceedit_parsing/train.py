@@ -4,8 +4,9 @@ Data: a folder with ``images/*.jpg|png`` and ``masks/<same stem>.png`` (class in
 CelebAMask-HQ order). The decoded set is cached as one .npz so restarts are cheap. Augmentation
 runs on whole batches with one affine warp each (scale, rotation, shift, horizontal flip with the
 left/right label swap) plus colour jitter. Loss: cross-entropy + soft dice (dice lifts the small
-classes: eyes, brows, lips). Checkpoints every ``--ckpt-every`` steps; ``--resume`` continues
-from the last one with the same per-step random draws.
+classes: eyes, brows, lips). Checkpoints every ``--ckpt-every`` steps (tensors and plain values
+only, read back with ``weights_only=True``); ``--resume`` continues from the last one with the same
+per-step random draws.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from napari_faceedit.vocab import FLIP_PERMUTATION, MAJOR_CLASSES, N_CLASSES
+from napari_faceedit.weights import WeightsError, read_checkpoint
 
 from .compact import CompactParser, n_parameters, normalize, normalize_float
 
@@ -236,6 +238,17 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    checkpoint = out / CHECKPOINT_NAME
+    resumed = None
+    if args.resume:  # read before the data: a checkpoint that cannot be resumed fails at once
+        if not checkpoint.exists():
+            print(f"--resume: no checkpoint at {checkpoint}", file=sys.stderr)
+            return 2
+        try:
+            resumed = read_checkpoint(checkpoint)
+        except WeightsError as exc:
+            print(f"--resume: {exc}", file=sys.stderr)
+            return 2
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else None
     images, masks = cached_pairs(Path(args.data), cache)
@@ -246,15 +259,10 @@ def main(argv=None) -> int:
     model = CompactParser()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, history = 0, []
-    checkpoint = out / CHECKPOINT_NAME
-    if args.resume:
-        if not checkpoint.exists():
-            print(f"--resume: no checkpoint at {checkpoint}", file=sys.stderr)
-            return 2
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, history = state["step"], state.get("history", [])
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        step, history = resumed["step"], resumed.get("history", [])
         print(f"resumed at step {step}", flush=True)
     print(f"{len(images)} training pairs, {n_parameters(model)} parameters, steps {step}->{args.steps}", flush=True)
 

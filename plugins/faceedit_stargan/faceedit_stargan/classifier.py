@@ -51,10 +51,8 @@ class AttributeClassifier(nn.Module):
 
 
 def default_classifier_path() -> Path:
-    """resources/models/celeba_attr_classifier.pt, shipped with the core package (may be absent)."""
-    from napari_faceedit.weights import bundled_path
-
-    return bundled_path(CLASSIFIER_FILE)
+    """models/celeba_attr_classifier.pt, shipped inside this plugin's package (may be absent)."""
+    return Path(__file__).resolve().parent / "models" / CLASSIFIER_FILE
 
 
 def load_classifier(path: Path | None = None) -> AttributeClassifier | None:

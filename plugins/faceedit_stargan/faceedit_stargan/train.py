@@ -7,7 +7,8 @@ Targets are the batch's own labels randomly permuted (the authors' sampling), wi
 kept mutually exclusive. Optional linear learning-rate decay to 0 over the last ``--decay-iterations``.
 
 Checkpoints (``OUT/checkpoints/step_XXXXXXXX.pt``) hold G, D, both optimisers, the step and the
-RNG states, so ``--resume`` continues exactly where the latest one stopped. ``OUT/G_latest.pt`` is the
+RNG states (as tensors and plain lists: read back with ``weights_only=True``, never unpickled), so
+``--resume`` continues exactly where the latest one stopped. ``OUT/G_latest.pt`` is the
 generator state dict alone (official key layout) and ``OUT/generator.json`` its constructor.
 """
 from __future__ import annotations
@@ -16,12 +17,15 @@ import argparse
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from napari_faceedit.weights import WeightsError, read_checkpoint
 
 from .data import AttributeFaces
 from .model import CELEBA_ATTRIBUTES_5, Discriminator, Generator, default_d_repeat_num
@@ -143,6 +147,27 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# Random-number states as tensors and plain lists, so a checkpoint reads back with weights_only=True.
+def numpy_rng_state() -> dict:
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def set_numpy_rng_state(state: dict) -> None:
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["position"],
+                         state["has_gauss"], state["cached_gaussian"]))
+
+
+def python_rng_state() -> dict:
+    version, internal, gauss_next = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss_next": gauss_next}
+
+
+def set_python_rng_state(state: dict) -> None:
+    random.setstate((state["version"], tuple(state["internal"]), state["gauss_next"]))
+
+
 def save_checkpoint(out: Path, step: int, G, D, g_opt, d_opt, rng: torch.Generator, config: dict) -> Path:
     folder = checkpoint_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +175,7 @@ def save_checkpoint(out: Path, step: int, G, D, g_opt, d_opt, rng: torch.Generat
         "step": step, "G": G.state_dict(), "D": D.state_dict(),
         "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
         "rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
-        "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+        "numpy_rng": numpy_rng_state(), "python_rng": python_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "config": config,
     }
@@ -188,6 +213,9 @@ def train(args: argparse.Namespace) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     selected = tuple(args.attrs)
     out = Path(args.out)
+    resume_from = latest_checkpoint(out) if args.resume else None
+    # Read before the data: a checkpoint that cannot be resumed fails at once (never unpickled).
+    state = read_checkpoint(resume_from, map_location=device) if resume_from is not None else None
     out.mkdir(parents=True, exist_ok=True)
     data = AttributeFaces(args.data, args.attributes, args.image_size, selected, crop_size=args.crop_size,
                           max_images=args.max_images, skip_last=args.hold_out)
@@ -209,24 +237,21 @@ def train(args: argparse.Namespace) -> dict:
     d_opt = torch.optim.Adam(D.parameters(), args.lr, (args.beta1, args.beta2))
 
     start = 0
-    if args.resume:
-        path = latest_checkpoint(out)
-        if path is None:
-            print(f"--resume: no checkpoint in {checkpoint_dir(out)}; starting from scratch")
-        else:
-            state = torch.load(path, map_location=device, weights_only=False)  # our own file
-            G.load_state_dict(state["G"])
-            D.load_state_dict(state["D"])
-            g_opt.load_state_dict(state["g_optimizer"])
-            d_opt.load_state_dict(state["d_optimizer"])
-            rng.set_state(state["rng"])
-            torch.set_rng_state(state["torch_rng"])
-            np.random.set_state(state["numpy_rng"])
-            random.setstate(state["python_rng"])
-            if state.get("cuda_rng") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            start = int(state["step"])
-            print(f"resumed from {path.name} at step {start}")
+    if args.resume and state is None:
+        print(f"--resume: no checkpoint in {checkpoint_dir(out)}; starting from scratch")
+    elif state is not None:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        g_opt.load_state_dict(state["g_optimizer"])
+        d_opt.load_state_dict(state["d_optimizer"])
+        rng.set_state(state["rng"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        set_numpy_rng_state(state["numpy_rng"])
+        set_python_rng_state(state["python_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        start = int(state["step"])
+        print(f"resumed from {resume_from.name} at step {start}")
 
     n_fixed = min(4, len(data))
     fixed_x, fixed_c = data.batch(np.arange(n_fixed))
@@ -298,12 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.image_size % 4:
         raise SystemExit("--image-size must be a multiple of 4")
-    summary = train(args)
+    try:
+        summary = train(args)
+    except WeightsError as exc:  # a checkpoint that is not weights-only: refused, nothing run
+        print(f"--resume: {exc}", file=sys.stderr)
+        return 2
     print(f"done: step {summary['step']} (started at {summary['start_step']}); outputs in {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

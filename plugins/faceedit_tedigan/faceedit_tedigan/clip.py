@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ViT-B/32 as released; the constructor arguments carry these names in the fixtures and the weights registry.
+# ViT-B/32 as released; the constructor arguments carry these names in the fixtures and the weights catalogue.
 VIT_B32_CONFIG = {
     "embed_dim": 512, "image_resolution": 224, "vision_layers": 12, "vision_width": 768,
     "vision_patch_size": 32, "context_length": 77, "vocab_size": 49408,
@@ -203,7 +203,7 @@ class CLIP(nn.Module):
 
 
 def build_clip(config: Optional[Mapping] = None) -> CLIP:
-    """A CLIP from constructor arguments (the fixtures' ``constructor``, the registry's ``config``)."""
+    """A CLIP from constructor arguments (the fixtures' ``constructor``, the weights catalogue's ``config``)."""
     return CLIP(**dict(config or VIT_B32_CONFIG))
 
 
