@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .io import DEFAULT_JPEG_QUALITY, LABEL_FORMATS, OUTPUT_FORMATS, output_format
 from .tasks import REQUEST_TYPES, Task
 
 
@@ -58,6 +64,149 @@ def check_options(task: Task, backend, args) -> None:
         raise ValueError(f"--allow-no-face does not apply: backend '{backend.name}' edits the whole image")
 
 
+FOLDER_FORMATS = {"png": ".png", "jpg": ".jpg", "tif": ".tif"}
+_LISTED_PATHS = 10  # paths named in one refusal line before "and N more"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same cleanup runs (temporary files removed, summary written)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`Terminated` while a batch runs (main thread only: signals go there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt_exit_code(interrupt: KeyboardInterrupt) -> int:
+    """128 + the signal number, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+def real_path(path: Path) -> str:
+    """One spelling per file (symlinks, '..', case on case-insensitive systems): for comparing paths."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def listing(paths) -> str:
+    """Paths for a one-line message: the first few, then how many more."""
+    paths = [str(p) for p in paths]
+    shown = ", ".join(paths[:_LISTED_PATHS])
+    return shown + (f" and {len(paths) - _LISTED_PATHS} more" if len(paths) > _LISTED_PATHS else "")
+
+
+def is_folder_output(raw_output: str, input_arg: Optional[Path], inputs: list) -> bool:
+    """A folder output is a folder whatever its name (dots included): when the input is a folder or
+    there are several inputs, when it exists as a folder, or when it ends with a path separator."""
+    separators = tuple(s for s in (os.sep, os.altsep, "/") if s)
+    return ((input_arg is not None and Path(input_arg).is_dir()) or len(inputs) > 1
+            or Path(raw_output).is_dir() or raw_output.endswith(separators))
+
+
+@dataclass
+class OutputPlan:
+    """Every input's output path, resolved and checked before any work starts.
+
+    ``targets`` pairs each input (None: generate) with its main output; further outputs of a result
+    (``*_labels``, image extras) sit beside it and are checked by :meth:`claim` before writing."""
+
+    targets: list[tuple[Optional[Path], Path]]
+    overwrite: bool
+    jpeg_quality: int
+    inputs: frozenset[str] = frozenset()  # real paths of every file the run reads
+    owners: dict[str, str] = field(default_factory=dict)  # real output path -> the input it belongs to
+
+    def beside(self, target: Path, suffix: str, labels: bool) -> Path:
+        """A further output next to ``target``: same extension, but PNG for labels beside a JPEG."""
+        extension = target.suffix
+        if labels and OUTPUT_FORMATS.get(extension.lower()) not in LABEL_FORMATS:
+            extension = ".png"
+        return target.with_name(f"{target.stem}{suffix}{extension}")
+
+    def claim(self, path: Path, owner: str) -> None:
+        """Refuse a further output that is an input, belongs to another input or exists (without --overwrite)."""
+        key = real_path(path)
+        if key in self.inputs:
+            raise ValueError(f"output {path} would replace an input file; nothing written for this image")
+        if self.owners.get(key, owner) != owner:
+            raise ValueError(f"output {path} is also the output of {self.owners[key]}; nothing written for this image")
+        if key not in self.owners and path.exists() and not self.overwrite:
+            raise ValueError(f"output {path} exists (use --overwrite to replace it); nothing written for this image")
+        self.owners[key] = owner
+
+
+def _files_read(args, inputs: list[Optional[Path]]) -> set[str]:
+    """Real paths of every file the run reads: images, masks, label maps (all of a companion folder), source."""
+    read = {real_path(p) for p in inputs if p is not None}
+    for option in (args.mask, args.labels, args.source):
+        if option is None:
+            continue
+        option = Path(option)
+        if option.is_dir():
+            read.update(real_path(p) for p in option.iterdir() if p.is_file())
+        else:
+            read.add(real_path(option))
+    return read
+
+
+def plan_outputs(task: Task, args, inputs: list[Optional[Path]]) -> OutputPlan:
+    """Resolve and check every output path; a ValueError (one line, naming the paths) refuses the run."""
+    raw = args.output
+    if not raw.strip():
+        raise ValueError("--output is empty: give an output file (.png, .jpg, .tif) or a folder")
+    labels_first = task is Task.PARSE  # parse writes a label map as its main output
+    folder = is_folder_output(raw, args.input, inputs)
+    output = Path(raw)
+    if folder:
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"--output {output} is a file, but the results need a folder (the input is a folder "
+                             "or there are several inputs)")
+        extension = FOLDER_FORMATS[args.format or "png"]
+        targets = [(p, output / f"{p.stem if p is not None else 'generated'}{extension}") for p in inputs]
+        if args.input is not None and Path(args.input).is_dir() and real_path(output) == real_path(args.input):
+            raise ValueError(f"--output {output} is the input folder: results would replace or mix with the "
+                             "inputs; choose another folder")
+    else:
+        if args.format is not None:
+            raise ValueError(f"--format applies to folder outputs; the extension of --output {output} sets its format")
+        targets = [(inputs[0], output)]
+    kind = output_format(targets[0][1], labels=labels_first)
+    if args.jpeg_quality is not None:
+        if kind != "JPEG":
+            raise ValueError(f"--jpeg-quality applies to JPEG outputs, not {kind} ({targets[0][1]})")
+        if not 1 <= args.jpeg_quality <= 100:
+            raise ValueError(f"--jpeg-quality must lie in 1..100, got {args.jpeg_quality}")
+    files_read = _files_read(args, inputs)
+    replaced = [t for _, t in targets if real_path(t) in files_read]
+    if replaced:
+        raise ValueError(f"--output would replace input file(s): {listing(replaced)}")
+    written_by: dict[str, Optional[Path]] = {}
+    for image_path, target in targets:
+        key = real_path(target)
+        if key in written_by:
+            raise ValueError(f"inputs {written_by[key]} and {image_path} would both be written to {target}: "
+                             "rename one or run them separately")
+        written_by[key] = image_path
+    existing = [t for _, t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(f"output(s) exist: {listing(existing)} (use --overwrite to replace them)")
+    quality = DEFAULT_JPEG_QUALITY if args.jpeg_quality is None else args.jpeg_quality
+    owners = {real_path(t): str(p or "generate") for p, t in targets}
+    return OutputPlan(targets=targets, overwrite=args.overwrite, jpeg_quality=quality,
+                      inputs=frozenset(files_read), owners=owners)
+
+
 def cmd_backends(args) -> int:
     from .registry import get_registry
 
@@ -85,15 +234,8 @@ def cmd_backends(args) -> int:
     return 0
 
 
-def _output_path(output: Path, image_path: Optional[Path], many: bool, suffix: str = "") -> Path:
-    if many or output.is_dir() or (output.suffix == "" and not output.exists()):
-        stem = image_path.stem if image_path is not None else "generated"
-        return output / f"{stem}{suffix}.png"
-    return output.with_name(f"{output.stem}{suffix}{output.suffix}") if suffix else output
-
-
 def _build_request(task: Task, args, image_path: Optional[Path], params: dict):
-    from .io import companion, read_image, read_index_map
+    from .io import companion, read_image, read_label_map, read_mask
 
     common = dict(device=args.device, seed=args.seed, face_index=args.face_index, params=params)
     image = read_image(image_path) if image_path is not None else None
@@ -103,32 +245,30 @@ def _build_request(task: Task, args, image_path: Optional[Path], params: dict):
         mask_path = companion(args.mask, image_path)
         labels_path = companion(args.labels, image_path)
         components = tuple(c.strip() for c in (args.components or "").split(",") if c.strip())
-        # The hole rule (the same as the API's): any non-black pixel of the mask is the hole.
-        return REQUEST_TYPES[task](image=image, mask=read_index_map(mask_path) != 0 if mask_path else None,
+        # The hole rule (tasks.as_mask, the same as the API's): any non-black pixel of the mask is the hole.
+        return REQUEST_TYPES[task](image=image, mask=read_mask(mask_path) if mask_path else None,
                                    components=components, attributes=_parse_attr(args.attr),
-                                   labels=read_index_map(labels_path) if labels_path else None, **common)
+                                   labels=read_label_map(labels_path) if labels_path else None, **common)
     if task is Task.EDIT_ATTRIBUTES:
         labels_path = companion(args.labels, image_path)
         strength = 1.0 if args.strength is None else args.strength
         return REQUEST_TYPES[task](image=image, attributes=_parse_attr(args.attr), strength=strength,
-                                   labels=read_index_map(labels_path) if labels_path else None, **common)
+                                   labels=read_label_map(labels_path) if labels_path else None, **common)
     if task is Task.EDIT_TEXT:
         return REQUEST_TYPES[task](image=image, text=args.text or "", **common)
     if task is Task.SYNTHESIZE:
         labels_path = companion(args.labels, image_path)
         components = tuple(c.strip() for c in (args.components or "").split(",") if c.strip())
-        return REQUEST_TYPES[task](image=image, target_labels=read_index_map(labels_path) if labels_path else None,
+        return REQUEST_TYPES[task](image=image, target_labels=read_label_map(labels_path) if labels_path else None,
                                    donor_image=read_image(args.source) if args.source else None,
                                    components=components, **common)
     raise ValueError(f"unknown task {task}")
 
 
 def cmd_run(args) -> int:
-    from .io import list_images, write_atomic
-    from .registry import get_registry
-    from .runner import execute
-
+    from .io import list_images
     from .params import parse_assignments, resolve
+    from .registry import get_registry
 
     task = Task(args.task)
     registry = get_registry()
@@ -145,40 +285,81 @@ def cmd_run(args) -> int:
         inputs: list[Optional[Path]] = [None]
     else:
         inputs = list_images(args.input)
-    output = Path(args.output)
-    many = len(inputs) > 1 or (args.input is not None and Path(args.input).is_dir())
-    summary, failed = [], 0
-    for image_path in inputs:
-        try:
-            request = _build_request(task, args, image_path, params)
-            result = execute(backend, request, _cli_progress(args.quiet), allow_no_face=args.allow_no_face)
-            written = []
-            if result.image is not None:
-                target = _output_path(output, image_path, many)
-                write_atomic(target, result.image)
-                written.append(str(target))
-            if result.labels is not None:
-                target = _output_path(output, image_path, many, "" if result.image is None else "_labels")
-                write_atomic(target, result.labels)
-                written.append(str(target))
-            for name, array in _image_extras(result.extras):
-                target = _output_path(output, image_path, many, f"_{name}")
-                write_atomic(target, array)
-                written.append(str(target))
-            entry = {"input": str(image_path) if image_path else None, "outputs": written,
-                     "provenance": result.provenance.to_dict()}
-            if result.passed_through:
-                entry["passed_through"] = result.passed_through
-                if not args.quiet:
-                    print(f"faceedit: {image_path}: {result.passed_through}", file=sys.stderr)
-            summary.append(entry)
-        except Exception as exc:  # noqa: BLE001 - report, go on with the next file
-            failed += 1
-            print(f"faceedit: {image_path or 'generate'}: {exc}", file=sys.stderr)
-            summary.append({"input": str(image_path) if image_path else None, "error": str(exc)})
+    plan = plan_outputs(task, args, inputs)  # every path checked before any work starts
+    summary: list[dict] = []
+    written = failed = 0
+    try:
+        with sigterm_as_interrupt():
+            for image_path, target in plan.targets:
+                entry = _run_one(task, backend, args, params, plan, image_path, target)
+                summary.append(entry)
+                if "error" in entry:
+                    failed += 1
+                else:
+                    written += 1
+    except KeyboardInterrupt as interrupt:
+        for image_path, _ in plan.targets[len(summary):]:
+            summary.append({"input": str(image_path) if image_path else None, "skipped": "interrupted"})
+        print(f"faceedit: interrupted: {written} of {len(plan.targets)} written", file=sys.stderr)
+        _print_summary(args, summary)
+        return interrupt_exit_code(interrupt)
+    _print_summary(args, summary)
+    return 1 if failed else 0
+
+
+def _run_one(task: Task, backend, args, params: dict, plan: OutputPlan, image_path: Optional[Path],
+             target: Path) -> dict:
+    """Run one input and write its outputs; a failure becomes the summary entry's error."""
+    from .runner import execute
+
+    name = str(image_path) if image_path else None
+    try:
+        request = _build_request(task, args, image_path, params)
+        result = execute(backend, request, _cli_progress(args.quiet), allow_no_face=args.allow_no_face)
+        outputs = _result_outputs(result, target, plan, name or "generate")
+        for path, array, is_labels in outputs:
+            _write_output(path, array, is_labels, plan)
+        entry = {"input": name, "outputs": [str(path) for path, _, _ in outputs],
+                 "provenance": result.provenance.to_dict()}
+        if result.passed_through:
+            entry["passed_through"] = result.passed_through
+            if not args.quiet:
+                print(f"faceedit: {image_path}: {result.passed_through}", file=sys.stderr)
+        return entry
+    except Exception as exc:  # noqa: BLE001 - report, go on with the next file
+        print(f"faceedit: {image_path or 'generate'}: {exc}", file=sys.stderr)
+        return {"input": name, "error": str(exc)}
+
+
+def _result_outputs(result, target: Path, plan: OutputPlan, owner: str) -> list[tuple[Path, object, bool]]:
+    """(path, array, is_labels) for everything a result holds, each path checked before any is written."""
+    outputs = []
+    if result.image is not None:
+        outputs.append((target, result.image, False))
+    if result.labels is not None:
+        path = target if result.image is None else plan.beside(target, "_labels", labels=True)
+        outputs.append((path, result.labels, True))
+    for name, array in _image_extras(result.extras):
+        outputs.append((plan.beside(target, f"_{name}", labels=False), array, False))
+    for path, _, is_labels in outputs:
+        output_format(path, labels=is_labels)
+        if path != target:
+            plan.claim(path, owner)
+    return outputs
+
+
+def _write_output(path: Path, array, is_labels: bool, plan: OutputPlan) -> None:
+    from .io import write_image, write_labels
+
+    if is_labels:
+        write_labels(path, array)
+    else:
+        write_image(path, array, jpeg_quality=plan.jpeg_quality)
+
+
+def _print_summary(args, summary: list[dict]) -> None:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
-    return 1 if failed else 0
 
 
 def _image_extras(extras: dict):
@@ -234,12 +415,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a task on an image file or a folder of images")
     p.add_argument("task", choices=[t.value for t in Task])
     p.add_argument("--input", type=Path, help="image file or folder (optional for edit-text: generate)")
-    p.add_argument("--output", type=Path, required=True, help="output PNG file, or folder")
+    p.add_argument("--output", required=True,
+                   help="output file (.png, .jpg/.jpeg or .tif/.tiff: the extension sets the format) or folder "
+                        "(a folder when the input is a folder or several files, when it exists as a folder, or "
+                        "when it ends with '/'); an input is never replaced")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    p.add_argument("--format", choices=sorted(FOLDER_FORMATS),
+                   help="format of the files written into a folder output (default png; label maps: png or tif)")
+    p.add_argument("--jpeg-quality", type=int, default=None,
+                   help=f"JPEG quality 1..100 for .jpg outputs (default {DEFAULT_JPEG_QUALITY})")
     p.add_argument("--backend", help="backend name (default: the best ready backend for the task)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--mask", type=Path, help="hole mask PNG or folder of masks (any non-black pixel = hole)")
-    p.add_argument("--labels", type=Path, help="label map PNG (CelebAMask-HQ indices) or folder; for synthesize "
-                   "the edited label map to render")
+    p.add_argument("--mask", type=Path, help="hole mask image or folder of masks (any non-black pixel = hole; "
+                   "transparent pixels are not)")
+    p.add_argument("--labels", type=Path, help="label map (CelebAMask-HQ indices 0..18, or a colour picture in our "
+                   "palette) or folder; for synthesize the edited label map to render")
     p.add_argument("--source", type=Path, help="synthesize: the face to take --components from")
     p.add_argument("--components", help="synthesize: components to take from --source; complete: components "
                    "to complete (the hole), e.g. eyes,mouth (eyes, brows, nose, mouth, ears, hair, skin)")
@@ -297,6 +487,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"faceedit: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # outside a batch loop (start-up, model loading): no traceback
+        print("faceedit: interrupted", file=sys.stderr)
+        return interrupt_exit_code(interrupt)
 
 
 if __name__ == "__main__":

@@ -21,19 +21,69 @@ class Task(str, enum.Enum):
     RESTORE = "restore"
 
 
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Pixel values as a fresh uint8 array, any shape: floats in [0, 1] are scaled by 255 (floats
-    beyond 1 and integers are taken as 0..255 and clipped)."""
-    pixels = np.asarray(pixels)
+# The largest image any task accepts (CLI and API alike): 40 megapixels, e.g. 7746 x 5164. Beyond it
+# a run would need several GB for paste-back and colour matching; a clear refusal is better.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def check_image_size(width: int, height: int, what: str = "image") -> None:
+    """Refuse images beyond :data:`MAX_IMAGE_PIXELS` (callers check headers before decoding)."""
+    if int(width) * int(height) > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{what} is {width}x{height} px ({width * height / 1e6:.1f} Mpx), beyond the supported "
+                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx: downscale it first")
+
+
+def _check_numeric(array: np.ndarray, what: str, allow_bool: bool = False) -> None:
+    """ValueError (never AttributeError/TypeError later on) for arrays no pixel rule can read."""
+    if array.dtype == bool and not allow_bool:
+        raise ValueError(f"{what} is a boolean array, expected numbers (pixel values or class indices)")
+    if array.dtype != bool and (not np.issubdtype(array.dtype, np.number)
+                                or np.issubdtype(array.dtype, np.complexfloating)):
+        raise ValueError(f"{what} has unsupported dtype {array.dtype} (expected integers or floats)")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+
+
+def _as_array(values, what: str) -> np.ndarray:
+    if values is None:
+        raise ValueError(f"no {what} given")
+    try:
+        return np.asarray(values)
+    except (ValueError, TypeError) as error:  # ragged nested lists and the like
+        raise ValueError(f"{what} is not an array: {error}") from None
+
+
+def to_uint8(pixels: np.ndarray, what: str = "image") -> np.ndarray:
+    """Pixel values as a fresh uint8 array (any shape), by one rule per dtype:
+
+    - uint8: copied as is;
+    - uint16 (16-bit scans): scaled by the full 16-bit range, v / 257 rounded (65535 -> 255);
+    - other integers: taken as 0..255; a value outside that is an error (it has no 8-bit meaning);
+    - floats: 0..1 when the maximum is <= 1 (scaled by 255), else 0..255; values more than half a
+      grey level outside that range are an error (e.g. 0..65535 floats), never clipped to white;
+    - bool, complex, object, NaN/inf: errors.
+    """
+    pixels = _as_array(pixels, what)
+    _check_numeric(pixels, what)
     if pixels.dtype == np.uint8:
         return pixels.copy()
-    if not np.issubdtype(pixels.dtype, np.number) or np.issubdtype(pixels.dtype, np.complexfloating):
-        raise ValueError(f"unsupported image dtype {pixels.dtype}")
-    data = pixels.astype(np.float64)
-    if not np.isfinite(data).all():
-        raise ValueError("image contains NaN or infinite values")
-    scale = 255.0 if data.max(initial=0) <= 1.0 and np.issubdtype(pixels.dtype, np.floating) else 1.0
-    return np.clip(np.rint(data * scale), 0, 255).astype(np.uint8)
+    if pixels.size == 0:
+        return np.zeros(pixels.shape, np.uint8)
+    if pixels.dtype == np.uint16:
+        # (v + 128) // 257 is v / 257 rounded to nearest, in exact integer arithmetic.
+        return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    low, high = pixels.min(), pixels.max()
+    if np.issubdtype(pixels.dtype, np.integer):
+        if low < 0 or high > 255:
+            raise ValueError(f"{what} ({pixels.dtype}) holds values {low}..{high}, outside 0..255: "
+                             "give uint8, uint16 (scaled by 257) or floats in 0..1")
+        return pixels.astype(np.uint8)
+    scale = 255.0 if high <= 1.0 else 1.0
+    if low * scale < -0.5 or high * scale > 255.5:
+        raise ValueError(f"{what} holds float values {float(low):g}..{float(high):g}: expected 0..1 or 0..255")
+    data = pixels.astype(np.float32) * np.float32(scale)
+    np.rint(data, out=data)
+    return np.clip(data, 0, 255, out=data).astype(np.uint8)
 
 
 # ITU-R BT.601 luma weights: a grey RGB pixel (r == g == b) maps to exactly that grey.
@@ -53,50 +103,108 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
+def _channels(array: np.ndarray, what: str) -> np.ndarray:
+    """(H, W) or (H, W, C) with C in 1..4 (gray, gray + alpha, RGB, RGBA); a ValueError naming the shape otherwise."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (2, 3, 4))):
+        raise ValueError(f"{what} must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    return array
+
+
 def as_rgb_uint8(image: np.ndarray, min_size: int = 8) -> np.ndarray:
     """Validate an image and return a fresh (H, W, 3) uint8 copy.
 
-    Accepts uint8, floats in [0, 1] (or [0, 255] when the maximum exceeds 1), grayscale (H, W) or
-    (H, W, 1) and RGBA (alpha dropped).
+    Accepts grayscale (H, W) / (H, W, 1), gray + alpha (H, W, 2), RGB and RGBA; alpha is dropped
+    (transparent pixels keep their stored colour). Pixel values follow :func:`to_uint8` (uint16
+    scaled by 257, floats in 0..1 or 0..255). At most :data:`MAX_IMAGE_PIXELS` pixels.
     """
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {image.shape}")
-    image = image[..., :3]
-    if image.shape[0] < min_size or image.shape[1] < min_size:
-        raise ValueError(f"image is too small ({image.shape[1]}x{image.shape[0]} px)")
-    return to_uint8(image)
+    image = _channels(_as_array(image, "image"), "image")
+    if image.ndim == 3:
+        image = image[..., :1] if image.shape[2] == 2 else image[..., :3]
+        image = image[..., 0] if image.shape[2] == 1 else image
+    height, width = image.shape[:2]
+    if height < min_size or width < min_size:
+        raise ValueError(f"image is too small ({width}x{height} px)")
+    check_image_size(width, height)
+    pixels = to_uint8(image)  # before expanding gray to 3 channels: a third of the work
+    return pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+
+
+def _check_shape(array: np.ndarray, shape: tuple[int, int], what: str) -> None:
+    if array.shape[:2] != tuple(shape):
+        raise ValueError(f"{what} has shape {array.shape}, but the image is {tuple(shape)}")
 
 
 def as_mask(mask: np.ndarray, shape: tuple[int, int], what: str = "mask") -> np.ndarray:
-    """Validate a 2-D mask/label map of the image's size and return an integer copy."""
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] in (3, 4):  # an RGB(A) drawing: any non-black pixel counts
-        mask = mask[..., :3].max(axis=2)
-    if mask.shape != tuple(shape):
-        raise ValueError(f"{what} has shape {mask.shape}, but the image is {tuple(shape)}")
-    if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
-        if not np.all(np.mod(mask, 1) == 0):
-            raise ValueError(f"{what} must hold integers, got dtype {mask.dtype}")
-    return mask.astype(np.int32)
+    """A (H, W) boolean mask of the image's size: True wherever the given pixel is not black.
+
+    The one rule for hole masks, in the API and the CLI alike: any non-zero value of a gray mask,
+    any non-black pixel of an RGB drawing; an RGBA (or gray + alpha) drawing is seen over black, so
+    a fully transparent pixel is never set.
+    """
+    mask = _channels(_as_array(mask, what), what)
+    _check_numeric(mask, what, allow_bool=True)
+    _check_shape(mask, shape, what)
+    if mask.ndim == 2:
+        return mask != 0
+    has_alpha = mask.shape[2] in (2, 4)
+    colour = mask[..., :-1] if has_alpha else mask
+    set_pixels = (colour != 0).any(axis=2)
+    return set_pixels & (mask[..., -1] != 0) if has_alpha else set_pixels
+
+
+def labels_from_colors(colors: np.ndarray, what: str = "labels") -> np.ndarray:
+    """(H, W) class indices of a colour picture of labels in our palette (``vocab.PALETTE``).
+
+    A picture whose pixels are all gray (r == g == b) is an index map saved as RGB and read as the
+    indices (only background is black in the palette, so the two never clash). Any other colour
+    not in the palette is an error naming it."""
+    from .vocab import PALETTE
+
+    colors = np.asarray(colors)[..., :3]
+    if colors.dtype != np.uint8:
+        if not np.issubdtype(colors.dtype, np.integer) or colors.min(initial=0) < 0 or colors.max(initial=0) > 255:
+            raise ValueError(f"{what}: a colour label map must hold 8-bit colours, got dtype {colors.dtype}")
+        colors = colors.astype(np.uint8)
+    if (colors[..., 0] == colors[..., 1]).all() and (colors[..., 1] == colors[..., 2]).all():
+        return colors[..., 0].astype(np.int32)
+    codes = (colors[..., 0].astype(np.int32) << 16) | (colors[..., 1].astype(np.int32) << 8) | colors[..., 2]
+    palette_codes = (PALETTE[:, 0].astype(np.int32) << 16) | (PALETTE[:, 1].astype(np.int32) << 8) | PALETTE[:, 2]
+    order = np.argsort(palette_codes)
+    slots = np.clip(np.searchsorted(palette_codes[order], codes), 0, len(order) - 1)
+    classes = order[slots].astype(np.int32)
+    unknown = palette_codes[classes] != codes
+    if unknown.any():
+        y, x = (int(v[0]) for v in np.nonzero(unknown))
+        raise ValueError(f"{what}: colour {tuple(int(c) for c in colors[y, x])} at x={x}, y={y} is not one of the "
+                         f"{len(PALETTE)} class colours (a colour label map must use our palette)")
+    return classes
 
 
 def as_label_map(labels: np.ndarray, shape: tuple[int, int], what: str = "labels") -> np.ndarray:
-    """A (H, W) map of the 19 CelebAMask-HQ class indices, checked: the image's size, whole numbers 0..18."""
+    """A (H, W) int32 map of the 19 CelebAMask-HQ class indices, checked: the image's size, whole
+    numbers 0..18. An (H, W, 3) or (H, W, 4) uint8 picture in our palette is read back as classes
+    (alpha ignored); see :func:`labels_from_colors`."""
     from .vocab import N_CLASSES
 
-    if np.ndim(labels) == 3 and np.shape(labels)[2] != 1:
-        raise ValueError(f"{what} must be a 2-D map of class indices, got shape {np.shape(labels)} "
-                         "(a colour picture of labels must be read back to classes first)")
-    labels = as_mask(np.asarray(labels)[..., 0] if np.ndim(labels) == 3 else labels, shape, what)
-    if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
-        raise ValueError(f"{what} hold class {int(labels.min()) if labels.min() < 0 else int(labels.max())}, "
-                         f"outside the {N_CLASSES} face classes 0..{N_CLASSES - 1}")
-    return labels
+    labels = _as_array(labels, what)
+    if labels.ndim == 3 and labels.shape[2] == 2:
+        labels = labels[..., 0]  # gray + alpha: the gray values are the indices
+    labels = _channels(labels, what)
+    _check_numeric(labels, what)
+    _check_shape(labels, shape, what)
+    if labels.ndim == 3:
+        return labels_from_colors(labels, what)
+    if np.issubdtype(labels.dtype, np.floating) and labels.size and not (np.mod(labels, 1) == 0).all():
+        raise ValueError(f"{what} must hold whole class numbers, got fractional values ({labels.dtype})")
+    outside = (labels < 0) | (labels >= N_CLASSES)
+    if outside.any():
+        y, x = (int(v[0]) for v in np.nonzero(outside))
+        value = labels[y, x]
+        raise ValueError(f"{what} hold class {int(value) if float(value).is_integer() else float(value)} "
+                         f"(at x={x}, y={y}), outside the {N_CLASSES} face classes 0..{N_CLASSES - 1}")
+    return labels.astype(np.int32)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +318,7 @@ class CompleteRequest(Request):
             if not components:
                 raise ValueError("no hole: draw the region to complete, or name the face components to complete")
             return
-        mask = as_mask(self.mask, shape, "hole mask") != 0
+        mask = as_mask(self.mask, shape, "hole mask")
         if not mask.any():
             raise ValueError("the hole mask is empty: draw the region to complete first")
         if mask.all():
@@ -236,7 +344,7 @@ class EditAttributesRequest(Request):
         if not 0.0 <= float(self.strength) <= 1.0:
             raise ValueError(f"strength must lie in [0, 1], got {self.strength}")
         if self.labels is not None:
-            object.__setattr__(self, "labels", as_mask(self.labels, self.image.shape[:2], "labels"))
+            object.__setattr__(self, "labels", as_label_map(self.labels, self.image.shape[:2], "labels"))
 
 
 @dataclass(frozen=True, kw_only=True)
