@@ -71,3 +71,18 @@ def test_an_attribute_no_ready_backend_can_do_is_named_before_any_work(monkeypat
     image, _ = val_pair(13)
     with pytest.raises(ValueError, match="no ready backend can do Young"):
         execute(OfflineTextEdit, EditTextRequest(text="make him older", image=image))
+
+
+def test_without_an_image_the_text_generates_a_face_with_the_dcgan():
+    from faceedit_text.dcgan import weights_path
+
+    try:
+        weights_path()
+    except FileNotFoundError:
+        pytest.skip("gan-face-generate not installed") if __import__("os").environ.get("CI") != "true" else pytest.fail(
+            "gan-face-generate must be installed under CI=true")
+    result = execute(OfflineTextEdit, EditTextRequest(text="a woman with brown hair", params={"steps": 20}))
+    assert result.image.shape == (256, 256, 3) and result.image.std() > 10
+    assert "text-to-face (DCGAN 64 px, upsampled)" in result.provenance.notes
+    with pytest.raises(ValueError, match="cannot follow shape changes"):
+        execute(OfflineTextEdit, EditTextRequest(text="bigger eyes", params={"steps": 5}))

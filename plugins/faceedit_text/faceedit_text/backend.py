@@ -64,7 +64,9 @@ class OfflineTextEdit(Backend):
                    "image it generates a 64 px face with a small DCGAN steered by our attribute classifier.")
     limitations = ("English only, rule-based: unusual phrasing may be misread (check the edit before running). It can "
                    "only do what the installed backends can: e.g. gender and age need StarGAN's weights, a smile "
-                   "needs the completion model. Generated faces are 64 px and only follow hair colour, gender and age.")
+                   "needs the completion model. Generated faces are 64 px sketches (shown at 256, blurry) that follow only hair "
+                   "colour, gender and age as our classifier sees them: often distorted, and the optimisation tends "
+                   "to lighten skin (a bias of the CelebA classifier it follows).")
     per_face = True
     uses_torch = True
     priority = 20
