@@ -311,3 +311,13 @@ def re_search(pattern: str, text: str) -> bool:
     import re
 
     return re.search(pattern, text) is not None
+
+
+def test_hole_pixels_outside_every_face_crop_are_left_and_said():
+    image = photo()
+    hole = np.zeros(image.shape[:2], bool)
+    hole[110:125, 75:95] = True  # on the face
+    hole[5:10, 300:315] = True  # far from it, beyond the crop
+    result = execute(InvertHole, CompleteRequest(image=image, mask=hole, landmarks=[FACE_A]))
+    np.testing.assert_array_equal(result.image[5:10, 300:315], image[5:10, 300:315])
+    assert "75 hole pixels" in result.provenance.notes and "outside every face crop" in result.provenance.notes

@@ -226,6 +226,14 @@ def run_face_pipeline(backend: "FaceBackend", request: "Request", ctx: "RunConte
         run.edited.append(edited)
         run.weights.append(weights)
     ctx.check()
+    if policy is Paste.HOLE and hole_photo is not None:
+        reached = np.zeros(image.shape[:2], bool)
+        for aligned in run.aligned:
+            reached |= paste_weights_in_photo(aligned, image.shape[:2], np.ones((aligned.size,) * 2), 0.0) > 0
+        outside = int((hole_photo & ~reached).sum())
+        if outside:
+            ctx.note(f"{outside} hole pixels ({outside / max(int(hole_photo.sum()), 1):.0%}) lie outside every face "
+                     "crop and were left as they were")
     if run.grayscale and policy is not Paste.LABELS:
         # Resampling and blending must not tint a grayscale photo.
         changed = np.any(photo != image, axis=2)
