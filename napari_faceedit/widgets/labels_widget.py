@@ -13,6 +13,7 @@ from ..vocab import FACE_CLASSES, FACE_COMPONENTS
 from ._layers import PARSED_LABELS_KEY, InputInfo, face_labels_kwargs, image_array, labels_array
 from ._pickers import LayerPicker
 from ._run_panel import RunPanel
+from ._scroll import scrolling_layout
 
 
 class FaceLabelsWidget(QWidget):
@@ -46,7 +47,7 @@ class FaceLabelsWidget(QWidget):
         form.addRow(QLabel("Brush label (click to paint):"))
         form.addRow(self.class_list)
         form.addRow("Brush size", self.brush_size)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(form)
         layout.addWidget(QLabel("Automatic parse (adds a new Labels layer):"))
         layout.addWidget(self.parse_panel)

@@ -14,6 +14,7 @@ from ..vocab import FACE_COMPONENTS
 from ._layers import InputInfo, image_array, labels_array, mask_array
 from ._pickers import AttributeControls, LayerPicker
 from ._run_panel import RunPanel
+from ._scroll import scrolling_layout
 
 
 class _TaskWidget(QWidget):
@@ -34,7 +35,7 @@ class _TaskWidget(QWidget):
         self.face_index.setToolTip("Which detected face to edit (0 = largest); 'all faces' edits every face.")
         self.build_inputs()
         self.panel = RunPanel(napari_viewer, self.task, self.make_request)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(self.form)
         layout.addWidget(self.panel)
         layout.addStretch(1)
