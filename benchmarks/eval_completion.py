@@ -48,7 +48,8 @@ from faceedit_completion.attributes import SUPPORTED_ATTRIBUTES
 from faceedit_completion.backend import ProgressiveCompletion
 from faceedit_completion.holes import random_rectangle, random_strokes
 from faceedit_completion.model import generator_for_state, load_generator
-from faceedit_completion.train import export_generator, read_weights_only
+from faceedit_completion.train import export_generator
+from napari_faceedit.training import read_training_checkpoint
 from faceedit_stargan.classifier import CLASSIFIER_ATTRIBUTES, CLASSIFIER_SIZE, load_classifier, predict_probabilities
 from napari_faceedit.face.align import align_face
 from napari_faceedit.face.detect import detect_faces
@@ -76,7 +77,7 @@ GRID_SETTINGS = (("learned, no attributes", {}), ("Male off", {"Male": 0.0}), ("
 def generator_file(weights: Path, scratch: Path) -> tuple[Path, str]:
     """An exported generator file for ``weights`` and a note on where it came from. A training
     checkpoint's EMA generator is exported (trainer's export function) into ``scratch``."""
-    state = read_weights_only(weights)
+    state = read_training_checkpoint(weights)
     if "architecture" in state:
         return weights, "exported generator"
     if "generator_ema" not in state:

@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from napari_faceedit.training import (CheckpointError, read_training_checkpoint, save_atomically,
+                                       write_history)
 
 from . import losses
 from .data import DEV_CELEBA, DEV_CELEBAMASK, Batch, dev_batches, load_sources, sample_batch
@@ -69,10 +71,6 @@ DEFAULTS = {
     "ema_decay": 0.998,
     "seed": 0,
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be (or must not be) loaded."""
 
 
 # ------------------------------------------------------------------------------------ schedule
@@ -151,38 +149,12 @@ def batch_size_at(batch: dict[int, int] | int, resolution: int) -> int:
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def read_weights_only(path: Path, device="cpu") -> dict:
-    """torch.load(weights_only=True), with a clear error for anything else (never unpickles code)."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - unpickling errors have many types
-        raise CheckpointError(f"refusing to load {path}: it is not a weights-only checkpoint (tensors, "
-                              f"numbers, strings, lists and dicts only): {type(exc).__name__}: {exc}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a checkpoint dict")
-    return state
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def export_generator(model: CompletionGenerator, path: Path) -> str:
     """Write the float16 state dict; return its sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(half_state_dict(model), path)
+    save_atomically(half_state_dict(model), path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_history(path: Path, config: dict, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"config": config, "records": records}, indent=1))
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -354,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         if not checkpoint_path.is_file():
             print(f"--resume: no checkpoint at {checkpoint_path}", file=sys.stderr)
             return 2
-        saved = read_weights_only(checkpoint_path, "cpu")
+        try:
+            saved = read_training_checkpoint(checkpoint_path, "cpu")
+        except CheckpointError as exc:  # refused before anything in the file runs
+            print(f"--resume: {exc}", file=sys.stderr)
+            return 2
     config = resolve_config(args, saved["config"] if saved else None)
     stages = parse_schedule(config["schedule"], max_resolution=config["max_resolution"])
     batch_sizes = parse_batch(config["batch"])
@@ -407,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(step: int) -> None:
         resolution, alpha = stage_at(stages, max(step - 1, 0))
-        _atomic_save({
+        save_atomically({
             "generator": G.state_dict(), "generator_ema": G_ema.state_dict(), "discriminator": D.state_dict(),
             "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
             "step": step, "resolution": resolution, "alpha": alpha, "best_dev_l1": best,
@@ -463,13 +439,13 @@ def main(argv: list[str] | None = None) -> int:
             records.append(dev_record(step))
         if step % args.checkpoint_every == 0 or finished:
             save(step)
-            _write_history(history_path, history_config, records)
+            write_history(history_path, history_config, records)
         if out_of_time:
             print("stopping: --max-minutes reached", flush=True)
             break
     if step == 0 or not checkpoint_path.is_file():
         save(step)
-    _write_history(history_path, history_config, records)
+    write_history(history_path, history_config, records)
 
     if args.export:
         source = G_ema
@@ -478,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--export-from best: no {BEST_NAME} yet in {out}", file=sys.stderr)
                 return 2
             source = CompletionGenerator(**architecture)
-            source.load_state_dict(read_weights_only(out / BEST_NAME))
+            source.load_state_dict(read_training_checkpoint(out / BEST_NAME))
         print("exported", args.export, "sha256", export_generator(source, args.export), flush=True)
     return 0
 

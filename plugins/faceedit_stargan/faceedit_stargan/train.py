@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_faceedit.weights import WeightsError, read_checkpoint
+from napari_faceedit.training import CheckpointError, read_training_checkpoint, restore_rng_states, rng_states, save_atomically
 
 from .data import AttributeFaces
 from .model import CELEBA_ATTRIBUTES_5, Discriminator, Generator, default_d_repeat_num
@@ -141,47 +140,18 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-# Random-number states as tensors and plain lists, so a checkpoint reads back with weights_only=True.
-def numpy_rng_state() -> dict:
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
-
-
-def set_numpy_rng_state(state: dict) -> None:
-    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["position"],
-                         state["has_gauss"], state["cached_gaussian"]))
-
-
-def python_rng_state() -> dict:
-    version, internal, gauss_next = random.getstate()
-    return {"version": version, "internal": list(internal), "gauss_next": gauss_next}
-
-
-def set_python_rng_state(state: dict) -> None:
-    random.setstate((state["version"], tuple(state["internal"]), state["gauss_next"]))
-
-
 def save_checkpoint(out: Path, step: int, G, D, g_opt, d_opt, rng: torch.Generator, config: dict) -> Path:
     folder = checkpoint_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
     state = {
         "step": step, "G": G.state_dict(), "D": D.state_dict(),
         "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
-        "rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
-        "numpy_rng": numpy_rng_state(), "python_rng": python_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rng": rng.get_state(), "rng_states": rng_states("cuda" if torch.cuda.is_available() else "cpu"),
         "config": config,
     }
     path = folder / f"step_{step:08d}.pt"
-    _atomic_save(state, path)
-    _atomic_save(G.state_dict(), Path(out) / "G_latest.pt")
+    save_atomically(state, path)
+    save_atomically(G.state_dict(), Path(out) / "G_latest.pt")
     (Path(out) / "generator.json").write_text(json.dumps(
         {"conv_dim": config["conv_dim"], "c_dim": len(config["attrs"]), "repeat_num": config["repeat_num"],
          "attributes": config["attrs"], "image_size": config["image_size"], "step": step}, indent=1))
@@ -215,7 +185,7 @@ def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     resume_from = latest_checkpoint(out) if args.resume else None
     # Read before the data: a checkpoint that cannot be resumed fails at once (never unpickled).
-    state = read_checkpoint(resume_from, map_location=device) if resume_from is not None else None
+    state = read_training_checkpoint(resume_from, map_location=device) if resume_from is not None else None
     out.mkdir(parents=True, exist_ok=True)
     data = AttributeFaces(args.data, args.attributes, args.image_size, selected, crop_size=args.crop_size,
                           max_images=args.max_images, skip_last=args.hold_out)
@@ -245,11 +215,8 @@ def train(args: argparse.Namespace) -> dict:
         g_opt.load_state_dict(state["g_optimizer"])
         d_opt.load_state_dict(state["d_optimizer"])
         rng.set_state(state["rng"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        set_numpy_rng_state(state["numpy_rng"])
-        set_python_rng_state(state["python_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        restore_rng_states({**state["rng_states"], "torch": state["rng_states"]["torch"].cpu(),
+                            "cuda": [s.cpu() for s in state["rng_states"]["cuda"]]})
         start = int(state["step"])
         print(f"resumed from {resume_from.name} at step {start}")
 
@@ -325,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--image-size must be a multiple of 4")
     try:
         summary = train(args)
-    except WeightsError as exc:  # a checkpoint that is not weights-only: refused, nothing run
+    except CheckpointError as exc:  # a checkpoint that is not weights-only: refused, nothing run
         print(f"--resume: {exc}", file=sys.stderr)
         return 2
     print(f"done: step {summary['step']} (started at {summary['start_step']}); outputs in {args.out}")
