@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from .attributes import N_ATTRIBUTES, attribute_tensor
 
-COMPLETION_FILE = "complete_progressive.pt"  # name of the shipped float16 generator (resources/models)
+COMPLETION_FILE = "complete_progressive.pt"  # the shipped float16 generator (this plugin's models/)
 DEFAULT_MAX_RESOLUTION = 128
 DEFAULT_START_RESOLUTION = 8
 # Channels at resolution s = width / s, clipped to [MIN_CHANNELS, max_channels]: 96 at 8 and 16 px,
@@ -350,7 +350,7 @@ def generator_for_state(state: dict) -> CompletionGenerator:
 
 
 def load_generator(path: str | Path | None = None, device: str | torch.device = "cpu") -> CompletionGenerator:
-    """The shipped generator (``resources/models/complete_progressive.pt``), or a generator
+    """The shipped generator (``models/complete_progressive.pt`` in this plugin), or a generator
     exported by ``faceedit train completion --export PATH``, in eval mode on ``device``.
 
     Files are read with ``torch.load(weights_only=True)`` only, and loaded strictly (through
