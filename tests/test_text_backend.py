@@ -86,3 +86,20 @@ def test_without_an_image_the_text_generates_a_face_with_the_dcgan():
     assert "text-to-face (DCGAN 64 px, upsampled)" in result.provenance.notes
     with pytest.raises(ValueError, match="cannot follow shape changes"):
         execute(OfflineTextEdit, EditTextRequest(text="bigger eyes", params={"steps": 5}))
+
+
+def test_cli_edit_text_on_a_real_face_writes_the_edit_in_the_summary(tmp_path, capsys):
+    import json
+
+    from napari_faceedit.cli import main
+
+    image, labels = val_pair(14)
+    Image.fromarray(image).save(tmp_path / "face.png")
+    out = tmp_path / "blond.png"
+    assert main(["run", "edit-text", "--backend", "text-offline", "--text", "make her hair blond",
+                 "--input", str(tmp_path / "face.png"), "--output", str(out), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "Blond_Hair" in summary[0]["provenance"]["notes"]
+    edited = np.asarray(Image.open(out))
+    hair = labels == CLASS_INDEX["hair"]
+    assert np.any(edited != image, axis=2)[hair].mean() > 0.5
