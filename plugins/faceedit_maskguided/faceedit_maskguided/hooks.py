@@ -11,8 +11,16 @@ def faceedit_parity_models():
 @hookimpl
 def faceedit_backends():
     from .backend import MaskGuidedEditing
+    from .learned import LearnedMaskGuided
 
-    return [MaskGuidedEditing]
+    return [MaskGuidedEditing, LearnedMaskGuided]
+
+
+@hookimpl
+def faceedit_trainers():
+    from .train import main
+
+    return {"maskguided": main}
 
 
 @hookimpl
