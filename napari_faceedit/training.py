@@ -78,3 +78,15 @@ def restore_rng_states(states: dict) -> None:
                          numpy["has_gauss"], numpy["cached_gaussian"]))
     python = states["python"]
     random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+
+
+def celebamask_training_folder(root: os.PathLike | str) -> Path:
+    """The CelebAMask-HQ training folder (images/ + masks/) under ``root``; the val split, the
+    project's test set, is refused so no trainer can learn from it."""
+    root = Path(root)
+    folder = root / "train" if (root / "train" / "images").is_dir() else root
+    if folder.resolve().name == "val":
+        raise ValueError(f"{folder} is the CelebAMask-HQ val split, the project's test set: never train on it")
+    if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
+        raise FileNotFoundError(f"{root}: expected train/images and train/masks (or images/ and masks/)")
+    return folder

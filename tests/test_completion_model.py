@@ -12,11 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import SHARED, require_shared  # noqa: E402
-from napari_faceedit.training import CheckpointError, read_training_checkpoint  # noqa: E402
+from napari_faceedit.training import CheckpointError, celebamask_training_folder, read_training_checkpoint  # noqa: E402
 from faceedit_completion import holes, losses  # noqa: E402
 from faceedit_completion.attributes import (N_ATTRIBUTES, SUPPORTED_ATTRIBUTES,  # noqa: E402
                                             attribute_vector)
-from faceedit_completion.data import celebamask_folder, load_sources  # noqa: E402
+from faceedit_completion.data import load_sources  # noqa: E402
 from faceedit_completion.model import (CompletionDiscriminator, CompletionGenerator,  # noqa: E402
                                        complete, composite, load_generator)
 from faceedit_completion.train import main, parse_schedule, stage_at  # noqa: E402
@@ -274,7 +274,7 @@ def test_dev_split_and_test_set_refusal(tmp_path):
     (tmp_path / "cmhq" / "val" / "images").mkdir(parents=True)
     (tmp_path / "cmhq" / "val" / "masks").mkdir()
     with pytest.raises(ValueError, match="test set"):
-        celebamask_folder(tmp_path / "cmhq" / "val")
+        celebamask_training_folder(tmp_path / "cmhq" / "val")
 
 
 # ------------------------------------------------------------------------------------ trainer

@@ -133,9 +133,9 @@ def test_crafted_pickle_given_to_resume_is_refused_unread(tmp_path, capsys):
 
 def test_the_test_split_is_refused_and_the_bundled_file_is_reported_when_missing():
     from faceedit_maskguided.learned import COMPACT_FILE, LearnedMaskGuided
-    from faceedit_maskguided.train import training_folder
+    from napari_faceedit.training import celebamask_training_folder
 
     with pytest.raises(ValueError, match="test set"):
-        training_folder(data_root() / "val")
+        celebamask_training_folder(data_root() / "val")
     ready, why = LearnedMaskGuided.ready()
     assert ready or COMPACT_FILE in why

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from napari_faceedit.training import celebamask_training_folder
 from napari_faceedit.vocab import FLIP_PERMUTATION
 
 from .attributes import N_ATTRIBUTES, columns_in
@@ -50,15 +51,6 @@ def celeba_paths(root: Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{root}: expected images/ and attributes.csv (as in shared/data/celeba)")
 
 
-def celebamask_folder(root: Path) -> Path:
-    """The CelebAMask-HQ training folder (with images/ and masks/); the test split is refused."""
-    root = Path(root)
-    folder = root / "train" if (root / "train" / "images").is_dir() else root
-    if folder.resolve().name == "val":
-        raise ValueError(f"{folder} is the CelebAMask-HQ val split, the project's test set: never train on it")
-    if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
-        raise FileNotFoundError(f"{root}: expected train/images and train/masks (or images/ and masks/)")
-    return folder
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -103,7 +95,7 @@ def read_celebamask(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """-> (stems sorted, images (N, S, S, 3) uint8, label maps (N, S, S) uint8)."""
     from PIL import Image
 
-    folder = celebamask_folder(root)
+    folder = celebamask_training_folder(root)
     stems, images, masks = [], [], []
     for path in sorted((folder / "images").iterdir()):
         mask_path = folder / "masks" / (path.stem + ".png")
@@ -128,7 +120,7 @@ def _cached(kind: str, root: Path, cache_dir: Path | None, reader):
     """Decode once, then reuse an .npz keyed by the folder, its file names and sizes."""
     if cache_dir is None:
         return reader(root)
-    folder = celeba_paths(root)[0] if kind == "celeba" else celebamask_folder(root) / "images"
+    folder = celeba_paths(root)[0] if kind == "celeba" else celebamask_training_folder(root) / "images"
     listing = "\n".join(f"{p.name}:{p.stat().st_size}" for p in sorted(folder.iterdir()))
     key = hashlib.sha1(f"{kind}|{folder.resolve()}|{listing}".encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"faceedit_completion_{kind}_{key}.npz"

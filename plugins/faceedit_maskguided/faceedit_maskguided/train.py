@@ -51,7 +51,8 @@ from torch import nn
 
 from napari_faceedit import label_edits
 from napari_faceedit.synthesis import with_components
-from napari_faceedit.training import CheckpointError, read_training_checkpoint, save_atomically, write_history
+from napari_faceedit.training import (CheckpointError, celebamask_training_folder, read_training_checkpoint,
+                                       save_atomically, write_history)
 from napari_faceedit.vocab import CELEBAMASK_TO_HELEN, FLIP_PERMUTATION, MAJOR_CLASSES, N_CLASSES
 
 from . import preprocess as pp
@@ -104,15 +105,6 @@ class Face:
     labels: np.ndarray  # (256, 256) uint8, CelebAMask-HQ classes
 
 
-def training_folder(root: Path) -> Path:
-    """The CelebAMask-HQ training folder (images/ + masks/); the val split (the test set) is refused."""
-    root = Path(root)
-    folder = root / "train" if (root / "train" / "images").is_dir() else root
-    if folder.resolve().name == "val":
-        raise ValueError(f"{folder} is the CelebAMask-HQ val split, the project's test set: never train on it")
-    if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
-        raise FileNotFoundError(f"{root}: expected train/images and train/masks (or images/ and masks/)")
-    return folder
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -595,7 +587,7 @@ def _train(args: argparse.Namespace) -> int:
     config = resolve_config(args, saved["config"] if saved else None)
     out.mkdir(parents=True, exist_ok=True)
 
-    folder = training_folder(args.data)
+    folder = celebamask_training_folder(args.data)
     train_names, dev_names = split_names(folder, args.dev)
     faces = [f for f in load_pairs(folder, train_names[:args.limit or None]) if usable(f.labels)]
     if args.unlabeled:
