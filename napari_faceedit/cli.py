@@ -119,13 +119,15 @@ class OutputPlan:
     """Every input's output path, resolved and checked before any work starts.
 
     ``targets`` pairs each input (None: generate) with its main output; further outputs of a result
-    (``*_labels``, image extras) sit beside it and are checked by :meth:`claim` before writing."""
+    (``*_labels``, image extras) sit beside it and are checked by :meth:`claim` before writing.
+    ``finished`` (distributed runs only) holds the real paths of main outputs already complete."""
 
     targets: list[tuple[Optional[Path], Path]]
     overwrite: bool
     jpeg_quality: int
     inputs: frozenset[str] = frozenset()  # real paths of every file the run reads
     owners: dict[str, str] = field(default_factory=dict)  # real output path -> the input it belongs to
+    finished: frozenset[str] = frozenset()
 
     def beside(self, target: Path, suffix: str, labels: bool) -> Path:
         """A further output next to ``target``: same extension, but PNG for labels beside a JPEG."""
@@ -160,8 +162,33 @@ def _files_read(args, inputs: list[Optional[Path]]) -> set[str]:
     return read
 
 
-def plan_outputs(task: Task, args, inputs: list[Optional[Path]]) -> OutputPlan:
-    """Resolve and check every output path; a ValueError (one line, naming the paths) refuses the run."""
+def finished_output(target: Path, image_path: Optional[Path]) -> bool:
+    """Whether ``target`` is a complete result of ``image_path``: it decodes in full, at the input's size.
+
+    Outputs are renamed into place only when complete and the main output is written last, so a
+    main output that decodes means the input is done (a truncated or foreign file does not)."""
+    from PIL import Image
+
+    try:
+        with Image.open(target) as picture:
+            picture.load()
+            size = picture.size
+        if image_path is None:
+            return True
+        with Image.open(image_path) as source:
+            width, height = source.size
+            if source.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotation: read_image transposes
+                width, height = height, width
+        return size == (width, height)
+    except Exception:  # noqa: BLE001 - unreadable means not finished
+        return False
+
+
+def plan_outputs(task: Task, args, inputs: list[Optional[Path]], resume: bool = False) -> OutputPlan:
+    """Resolve and check every output path; a ValueError (one line, naming the paths) refuses the run.
+
+    ``resume`` (distributed runs): an existing main output that is a complete result is skipped
+    rather than refused; one that is not (truncated, another size) still needs ``--overwrite``."""
     raw = args.output
     if not raw.strip():
         raise ValueError("--output is empty: give an output file (.png, .jpg, .tif) or a folder")
@@ -198,13 +225,21 @@ def plan_outputs(task: Task, args, inputs: list[Optional[Path]]) -> OutputPlan:
             raise ValueError(f"inputs {written_by[key]} and {image_path} would both be written to {target}: "
                              "rename one or run them separately")
         written_by[key] = image_path
-    existing = [t for _, t in targets if t.exists()]
+    existing = [(p, t) for p, t in targets if t.exists()]
+    finished: set[str] = set()
     if existing and not args.overwrite:
-        raise ValueError(f"output(s) exist: {listing(existing)} (use --overwrite to replace them)")
+        if resume:
+            finished = {real_path(t) for p, t in existing if finished_output(t, p)}
+            unfinished = [t for _, t in existing if real_path(t) not in finished]
+            if unfinished:
+                raise ValueError(f"output(s) exist but are not complete results: {listing(unfinished)} "
+                                 "(use --overwrite to redo them)")
+        else:
+            raise ValueError(f"output(s) exist: {listing([t for _, t in existing])} (use --overwrite to replace them)")
     quality = DEFAULT_JPEG_QUALITY if args.jpeg_quality is None else args.jpeg_quality
     owners = {real_path(t): str(p or "generate") for p, t in targets}
     return OutputPlan(targets=targets, overwrite=args.overwrite, jpeg_quality=quality,
-                      inputs=frozenset(files_read), owners=owners)
+                      inputs=frozenset(files_read), owners=owners, finished=frozenset(finished))
 
 
 def cmd_backends(args) -> int:
@@ -271,11 +306,19 @@ def cmd_run(args) -> int:
     from .registry import get_registry
 
     task = Task(args.task)
+    distributed = args.scheduler is not None or args.workers is not None
+    if args.scheduler is not None and args.workers is not None:
+        raise ValueError("--scheduler (an existing Dask cluster) and --workers (a local one) exclude each other")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     registry = get_registry()
-    backend = registry.get(args.backend) if args.backend else registry.best_for(task)
+    backend = _chosen_backend(registry, task, args.backend)
     if task not in backend.tasks:
         raise ValueError(f"backend '{backend.name}' does not do '{task.value}' (it does: "
                          f"{', '.join(sorted(t.value for t in backend.tasks))})")
+    ready, why = backend.ready()
+    if not ready:  # once, before any file is read, rather than once per input
+        raise RuntimeError(f"backend '{backend.name}' is not ready: {why}")
     check_options(task, backend, args)
     params = parse_assignments(args.param)
     resolve(backend.declared_parameters(), params, f"backend '{backend.name}'")  # fail before any file is read
@@ -285,7 +328,9 @@ def cmd_run(args) -> int:
         inputs: list[Optional[Path]] = [None]
     else:
         inputs = list_images(args.input)
-    plan = plan_outputs(task, args, inputs)  # every path checked before any work starts
+    plan = plan_outputs(task, args, inputs, resume=distributed)  # every path checked before any work starts
+    if distributed:
+        return _run_distributed(task, backend, args, params, plan)
     summary: list[dict] = []
     written = failed = 0
     try:
@@ -307,28 +352,219 @@ def cmd_run(args) -> int:
     return 1 if failed else 0
 
 
+def _chosen_backend(registry, task: Task, name: Optional[str]):
+    """The backend asked for, or the best ready one; a name not found also names plugins that failed to load."""
+    if not name:
+        return registry.best_for(task)
+    try:
+        return registry.get(name)
+    except KeyError as error:
+        if not registry.failures:
+            raise
+        failed = "; ".join(str(failure) for failure in registry.failures)
+        raise KeyError(f"{error.args[0]}; plugin(s) that failed to load: {failed}") from None
+
+
 def _run_one(task: Task, backend, args, params: dict, plan: OutputPlan, image_path: Optional[Path],
-             target: Path) -> dict:
-    """Run one input and write its outputs; a failure becomes the summary entry's error."""
-    from .runner import execute
+             target: Path, report: bool = True) -> dict:
+    """Run one input and write its outputs; a failure becomes the summary entry's error (printed
+    here unless ``report`` is off: a Dask worker's client prints it)."""
+    from .runner import execute, failure_message
 
     name = str(image_path) if image_path else None
     try:
         request = _build_request(task, args, image_path, params)
-        result = execute(backend, request, _cli_progress(args.quiet), allow_no_face=args.allow_no_face)
+        result = execute(backend, request, _cli_progress(args.quiet or not report), allow_no_face=args.allow_no_face)
         outputs = _result_outputs(result, target, plan, name or "generate")
-        for path, array, is_labels in outputs:
+        # The main output last: once it exists, everything of this input is written (re-runs rely on it).
+        for path, array, is_labels in reversed(outputs):
             _write_output(path, array, is_labels, plan)
         entry = {"input": name, "outputs": [str(path) for path, _, _ in outputs],
                  "provenance": result.provenance.to_dict()}
         if result.passed_through:
             entry["passed_through"] = result.passed_through
-            if not args.quiet:
-                print(f"faceedit: {image_path}: {result.passed_through}", file=sys.stderr)
+        if report:
+            _report(args, entry)
         return entry
     except Exception as exc:  # noqa: BLE001 - report, go on with the next file
-        print(f"faceedit: {image_path or 'generate'}: {exc}", file=sys.stderr)
-        return {"input": name, "error": str(exc)}
+        message = failure_message(exc)
+        if name and message.startswith(f"{name}: "):  # the reader already named the file
+            message = message[len(name) + 2:]
+        entry = {"input": name, "error": message}
+        if report:
+            _report(args, entry)
+        return entry
+
+
+def _report(args, entry: dict) -> None:
+    """A failed input's error (always), a pass-through (unless --quiet): one line each on stderr."""
+    if "error" in entry:
+        print(f"faceedit: {entry['input'] or 'generate'}: {entry['error']}", file=sys.stderr)
+    elif entry.get("passed_through") and not args.quiet:
+        print(f"faceedit: {entry['input']}: {entry['passed_through']}", file=sys.stderr)
+
+
+# -- Dask: a batch on an existing scheduler (--scheduler) or a local cluster (--workers) ---------
+_SCHEDULER_TIMEOUT = "20s"  # to reach a scheduler; a wrong address fails quickly with one line
+_worker_configured = False
+
+
+def run_on_worker(task: Task, backend_name: str, args, params: dict, plan: OutputPlan, image_path: Optional[Path],
+                  target: Path) -> dict:
+    """One input, run on a Dask worker by the same core runner and atomic writer as a local run;
+    returns the summary entry (the client reports it)."""
+    global _worker_configured
+    from .registry import get_registry
+    from .weights_cli import apply_offline
+
+    if not _worker_configured:  # once per worker process: offline mode and torch threads as the CLI sets them
+        from .context import configure_torch_threads
+
+        apply_offline(args)
+        configure_torch_threads()
+        _worker_configured = True
+    try:
+        backend = get_registry().get(backend_name)
+    except KeyError as error:  # a worker without the plugin installed
+        return {"input": str(image_path) if image_path else None, "error": f"on the worker: {error.args[0]}"}
+    return _run_one(task, backend, args, params, plan, image_path, target, report=False)
+
+
+@contextlib.contextmanager
+def dask_client(args):
+    """A Dask client on the scheduler at ``args.scheduler``, or on a local cluster of ``args.workers``
+    worker processes (one thread each) that is closed afterwards."""
+    import logging
+
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise RuntimeError("--scheduler and --workers need Dask's scheduler: pip install distributed") from None
+    # Dask logs every worker start and stop; a CLI reports errors itself.
+    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if args.scheduler is not None:
+        try:
+            client = Client(args.scheduler, timeout=_SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as error:
+            from .runner import failure_message
+
+            reason = failure_message(error)
+            raise RuntimeError(f"cannot reach the Dask scheduler at {args.scheduler}: {reason}") from None
+        with client:
+            yield client
+        return
+    # Local only, on free ports: several batches (or a notebook's cluster) can run side by side. The
+    # worker processes start with Ctrl-C ignored (it reaches the whole process group): this process
+    # handles it and stops them, so they print no tracebacks of their own.
+    with _ctrl_c_ignored_by_children():
+        cluster = LocalCluster(n_workers=args.workers, processes=True, threads_per_worker=1, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored_by_children():
+    """SIGINT ignored while child processes start (they inherit it; Python then leaves it ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_distributed(task: Task, backend, args, params: dict, plan: OutputPlan) -> int:
+    """Each input is one Dask task; finished outputs are skipped; the summary has a local run's shape."""
+    entries: dict[int, dict] = {}
+    pending: list[int] = []
+    for index, (image_path, target) in enumerate(plan.targets):
+        if real_path(target) in plan.finished:
+            entries[index] = {"input": str(image_path) if image_path else None, "outputs": [str(target)],
+                              "skipped": "finished: the output exists (--overwrite redoes it)"}
+        else:
+            pending.append(index)
+    if entries:
+        print(f"faceedit: skipped {len(entries)} of {len(plan.targets)} input(s) whose outputs exist "
+              "(use --overwrite to redo them)", file=sys.stderr)
+    written = failed = 0
+    try:
+        with sigterm_as_interrupt():
+            if pending:
+                with dask_client(args) as client:
+                    written, failed = _gather(client, task, backend, args, params, plan, pending, entries)
+    except KeyboardInterrupt as interrupt:
+        for index in pending:
+            if index not in entries:
+                image_path, target = plan.targets[index]
+                entry = {"input": str(image_path) if image_path else None, "skipped": "interrupted"}
+                if args.workers is not None and target.exists() and finished_output(target, image_path):
+                    # Our cluster is stopped by now: a worker finished this one while it was stopping.
+                    entry["outputs"] = [str(target)]
+                entries[index] = entry
+        if args.workers is not None:  # our own cluster was stopped, perhaps mid-write
+            _remove_temporaries(plan, pending)
+        written = sum(1 for index in pending if "outputs" in entries[index])
+        print(f"faceedit: interrupted: {written} of {len(pending)} written", file=sys.stderr)
+        _print_summary(args, [entries[index] for index in sorted(entries)])
+        return interrupt_exit_code(interrupt)
+    _print_summary(args, [entries[index] for index in sorted(entries)])
+    return 1 if failed else 0
+
+
+def _gather(client, task: Task, backend, args, params: dict, plan: OutputPlan, pending: list[int],
+            entries: dict[int, dict]) -> tuple[int, int]:
+    """Submit one task per pending input, record each entry as it completes: (written, failed)."""
+    from distributed import as_completed
+
+    from .runner import failure_message
+
+    # The plan (every input's paths) goes to each worker once, not once per task.
+    shared_plan = client.scatter(plan, broadcast=True, hash=False)
+    futures = {}
+    for index in pending:
+        image_path, target = plan.targets[index]
+        future = client.submit(run_on_worker, task, backend.name, args, params, shared_plan, image_path, target,
+                               pure=False, retries=0)
+        futures[future] = index
+    written = failed = 0
+    try:
+        for future in as_completed(futures):
+            index = futures[future]
+            image_path = plan.targets[index][0]
+            try:
+                entry = future.result()
+            except Exception as error:  # noqa: BLE001 - the task could not run (a worker died, ...)
+                entry = {"input": str(image_path) if image_path else None,
+                         "error": f"worker failure: {failure_message(error)}"}
+            entries[index] = entry
+            _report(args, entry)
+            if "error" in entry:
+                failed += 1
+            else:
+                written += 1
+    except BaseException:
+        client.cancel(list(futures))
+        raise
+    return written, failed
+
+
+def _remove_temporaries(plan: OutputPlan, indices: list[int]) -> None:
+    """Temporary files left by workers stopped mid-write: only the writer's names for these outputs
+    (".NAME.<random>.tmp" for the main output and the "NAME_<suffix>" files beside it)."""
+    from .io import TEMPORARY_SUFFIX
+
+    for index in indices:
+        target = plan.targets[index][1]
+        if not target.parent.is_dir():
+            continue
+        for leftover in target.parent.iterdir():
+            ours = leftover.name.startswith((f".{target.name}.", f".{target.stem}_"))
+            if ours and leftover.name.endswith(TEMPORARY_SUFFIX) and leftover.is_file():
+                leftover.unlink(missing_ok=True)
 
 
 def _result_outputs(result, target: Path, plan: OutputPlan, owner: str) -> list[tuple[Path, object, bool]]:
@@ -444,6 +680,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backend parameter (faceedit backends --json lists each backend's)")
     p.add_argument("--json", action="store_true", help="print a JSON summary with provenance")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the batch on this Dask distributed scheduler (e.g. tcp://10.0.0.5:8786), one task per "
+                        "image; the workers read and write the same paths, so they need the same file system and "
+                        "the plugins installed; outputs already complete are skipped (--overwrite redoes them)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="run the batch on a local Dask cluster of N worker processes (one thread each); skips "
+                        "complete outputs as --scheduler does")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train a model (see faceedit train MODEL --help)")
@@ -483,8 +726,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         configure_torch_threads()
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, LookupError, FileNotFoundError, RuntimeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    except (ValueError, KeyError, LookupError, OSError, RuntimeError, MemoryError) as exc:
+        from .runner import failure_message
+
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else failure_message(exc)
         print(f"faceedit: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # outside a batch loop (start-up, model loading): no traceback

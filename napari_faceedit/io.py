@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -30,6 +32,14 @@ TEMPORARY_SUFFIX = ".tmp"
 
 
 # -- reading ----------------------------------------------------------------------------------------
+# What Pillow raises for a damaged file (a bad chunk, a truncated stream), when opening or decoding it.
+_DAMAGED_FILE_ERRORS = (OSError, SyntaxError, EOFError, struct.error, zlib.error)
+
+
+def _damaged(path: Path, error: BaseException) -> ValueError:
+    return ValueError(f"{path}: the file is damaged or not an image Pillow can decode ({error})")
+
+
 @contextlib.contextmanager
 def open_checked(path: Path) -> Iterator["object"]:
     """Open an image file (header only) and refuse it before decoding when it is beyond the size limit."""
@@ -50,9 +60,23 @@ def open_checked(path: Path) -> Iterator["object"]:
                          "(Pillow refused to open it)") from None
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not an image file Pillow can read") from None
+    except PermissionError:
+        raise
+    except _DAMAGED_FILE_ERRORS as error:
+        raise _damaged(path, error) from None
     with image:
         check_image_size(*image.size, what=str(path))
         yield image
+
+
+def _decoded(path: Path, image) -> np.ndarray:
+    """:func:`_native_pixels`, with a damaged file's error naming the file (one line)."""
+    try:
+        return _native_pixels(image)
+    except PermissionError:
+        raise
+    except _DAMAGED_FILE_ERRORS as error:
+        raise _damaged(path, error) from None
 
 
 def _native_pixels(image) -> np.ndarray:
@@ -85,10 +109,11 @@ def read_image(path: Path) -> np.ndarray:
     from .tasks import as_rgb_uint8
 
     with open_checked(path) as image:
-        try:
-            return as_rgb_uint8(_native_pixels(image), min_size=1)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+        pixels = _decoded(path, image)
+    try:
+        return as_rgb_uint8(pixels, min_size=1)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -96,7 +121,7 @@ def read_mask(path: Path) -> np.ndarray:
     from .tasks import as_mask
 
     with open_checked(path) as image:
-        pixels = _native_pixels(image)
+        pixels = _decoded(path, image)
     try:
         return as_mask(pixels, pixels.shape[:2], "mask")
     except ValueError as error:
@@ -109,7 +134,7 @@ def read_label_map(path: Path) -> np.ndarray:
     from .tasks import as_label_map
 
     with open_checked(path) as image:
-        pixels = _native_pixels(image)
+        pixels = _decoded(path, image)
     try:
         return as_label_map(pixels, pixels.shape[:2], "labels")
     except ValueError as error:

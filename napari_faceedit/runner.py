@@ -49,6 +49,12 @@ def execute(
         result = backend.run(request, ctx)
     except RunCancelled:
         return None
+    except ValueError as error:
+        # A backend that is not a face pipeline itself (it asked the parse service, or delegated to
+        # another backend) reaches "no face" here: with allow_no_face it passes through as well.
+        if not (allow_no_face and backend.per_face and _is_no_face(error)):
+            raise
+        result = _passed_through(request, error)
     if ctx.cancelled():
         return None
     if result is None or (result.image is None and result.labels is None):
@@ -90,9 +96,16 @@ def with_component_hole(request: Request, ctx: RunContext) -> Request:
 
 
 def check_request(backend: Backend, request: Request) -> None:
-    """The request suits the backend: task, device, and face options only for face backends."""
+    """The request suits the backend: task, device, attributes it can express, and face options only
+    for face backends."""
+    from .vocab import check_attributes
+
     if request.task not in backend.tasks:
         raise ValueError(f"backend '{backend.name}' does not support the task '{request.task.value}'")
+    # Checked here for every backend: one that forgot to check would ignore the attribute silently.
+    attributes = getattr(request, "attributes", None)
+    if attributes:
+        check_attributes(attributes, tuple(backend.supported_attributes), backend.name)
     devices = backend.devices()
     if request.device not in devices and request.device.split(":")[0] not in devices:
         raise ValueError(f"backend '{backend.name}' cannot run on device '{request.device}' "
@@ -107,13 +120,28 @@ def _parse_service(parser: Optional[BackendLike]):
         backend = chosen() if isinstance(chosen, type) else chosen
         wanted = {"whole_image": whole_image} if whole_image else {}
         params = resolve(backend.declared_parameters(), wanted, f"backend '{backend.name}'")
-        service_ctx = ctx.derived(backend.name, params)
+        # No pass-through inside a service: "no face" goes back to the caller (never empty labels).
+        service_ctx = dataclasses.replace(ctx.derived(backend.name, params), allow_no_face=False)
         result = backend.run(ParseRequest(image=image, face_index=face_index, device=ctx.device), service_ctx)
         ctx.note(f"face parse by {backend.name}")
         ctx.weights_used.extend(service_ctx.weights_used)
         return result.labels
 
     return parse
+
+
+def _is_no_face(error: BaseException) -> bool:
+    from .face.pipeline import NoFaceFound  # imported only when a run allows images without a face
+
+    return isinstance(error, NoFaceFound)
+
+
+def _passed_through(request: Request, error: BaseException) -> Result:
+    """The input unchanged (a parse: no labels), saying why: the face pipeline's own pass-through rule."""
+    image = request.image
+    if request.task is Task.PARSE:
+        return Result(labels=np.zeros(image.shape[:2], np.int32), passed_through=f"{error}: passed through unchanged")
+    return Result(image=image.copy(), passed_through=f"{error}: passed through unchanged")
 
 
 def _find_backend(task: Task, attributes: tuple[str, ...], exclude: tuple[str, ...]) -> Optional[str]:
@@ -157,3 +185,17 @@ def _check_shape(name: str, result: Result, shape: tuple[int, int]) -> None:
                                f"({result.image.dtype}); expected {(*shape, 3)} uint8")
     if result.labels is not None and result.labels.shape != shape:
         raise RuntimeError(f"backend '{name}' returned labels of shape {result.labels.shape}; expected {shape}")
+
+
+def failure_message(error: BaseException) -> str:
+    """One line telling the user what went wrong: the error's own message, its type when the
+    message is empty or says nothing on its own, and what to try when memory ran out."""
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":  # torch's, CPU or GPU
+        return ("out of memory" + (f" ({text})" if text else "")
+                + ": try a smaller image, the CPU instead of a GPU, or fewer runs at once")
+    if not text:
+        return type(error).__name__
+    if isinstance(error, (ValueError, RuntimeError, OSError, LookupError)):
+        return text
+    return f"{type(error).__name__}: {text}"

@@ -34,7 +34,7 @@ $py -m pip install -q "safetensors==0.8.0"
 # after a dozen viewers the interpreter aborts with "none_dealloc". 6.11.3 does not
 # (tests/test_qt_binding.py checks it).
 $py -m pip install -q "napari>=0.9,<0.10" "PySide6-Essentials==6.11.3" \
-  -e ".[testing]" \
+  -e ".[testing,dask]" \
   -e plugins/faceedit_classic -e plugins/faceedit_parsing -e plugins/faceedit_stargan -e plugins/faceedit_gpen \
   -e plugins/faceedit_tedigan -e plugins/faceedit_maskguided -e plugins/faceedit_completion -e plugins/faceedit_text
 

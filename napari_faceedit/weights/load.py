@@ -36,7 +36,9 @@ def load_state_dict(id_or_path: str | os.PathLike, model, expected_sha256: Optio
             raise WeightsMissingError(f"weights file not found: {file}")
         label = f"checkpoint {file}"
         keep = tuple(keep_from_model)
-    sha = sha256_file(file)
+    # Hashed anew, not from the (size, mtime) cache: the bytes about to be loaded are the ones checked,
+    # even when a file was replaced with its size and time kept. Loading reads the whole file anyway.
+    sha = sha256_file(file, use_cache=False)
     wanted = (expected_sha256 or "").lower()
     if item is not None and not wanted:
         wanted = expected_hash(item)[0]

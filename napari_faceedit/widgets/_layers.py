@@ -42,9 +42,13 @@ def face_labels_kwargs(name: str, like=None) -> dict:
 
 def image_array(layer) -> np.ndarray:
     """The pixels of an Image layer as a fresh array, with a clear error for what we cannot edit."""
+    from ..tasks import check_image_size
+
     if layer is None:
         raise ValueError("select an image layer first")
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if len(data.shape) >= 2:  # before np.asarray: a lazy (dask, zarr) layer is not loaded to be refused
+        check_image_size(data.shape[1], data.shape[0], what=f"layer '{layer.name}'")
     data = np.asarray(data)
     if layer.rgb:
         if data.ndim != 3:

@@ -10,7 +10,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..registry import get_registry
-from ..runner import execute
+from ..runner import execute, failure_message
 from ..tasks import Request, Result, Task
 from ._layers import InputInfo, add_result_layers
 
@@ -179,9 +179,9 @@ class RunPanel(QWidget):
         try:
             request, source = self.make_request(device)
         except Exception as exc:  # noqa: BLE001 - bad input: tell the user, change nothing
-            self.last_error = str(exc)
-            self.status.setText(f"Not run: {exc}")
-            show_error(f"napari-faceedit: {exc}")
+            self.last_error = failure_message(exc)
+            self.status.setText(f"Not run: {self.last_error}")
+            show_error(f"napari-faceedit: {self.last_error}")
             return
         self._cancel_event = cancel_event = threading.Event()
         relay = self._relay
@@ -226,7 +226,7 @@ class RunPanel(QWidget):
         from napari.utils.notifications import show_error
 
         self.last_result = None
-        self.last_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, RuntimeError)) else str(exc)
+        self.last_error = failure_message(exc)
         self.status.setText(f"Failed: {self.last_error}")
         show_error(f"napari-faceedit: {self.last_error}")
         self.run_finished.emit(None)
