@@ -6,6 +6,10 @@ loaded with ``strict=True`` (``kept_from_model`` rows keep our model's own buffe
 expected array that our model also produces is compared with
 ``max|ours - expected| <= 1e-4 * max|expected|``.
 Models come from plugins through the ``faceedit_parity_models`` hook.
+
+``--optimised`` checks the backend's inference path instead of the plain modules: the model's
+``optimise`` function (e.g. batch norm folded into the convolutions, channels-last weights) is applied
+after the weights are loaded, and the same arrays must pass the same tolerance.
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ class ParityModel:
     # Fixture arrays that are inputs (fed to the model, never compared). Every other array of a
     # fixture must be compared, or the check fails: a fixture is never passed with nothing checked.
     inputs: tuple[str, ...] = ("input",)
+    # The backend's inference path: ``optimise(model) -> model``, applied after the weights are loaded
+    # (folding normalisation changes the state-dict keys). None: the checked path is the only one.
+    optimise: Callable[[object], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,8 @@ def relative_check(ours: np.ndarray, expected: np.ndarray) -> tuple[float, bool]
     return diff, diff <= RELATIVE_TOLERANCE * scale
 
 
-def check_folder(model_spec: ParityModel, folder: Path, out=sys.stdout) -> bool:
+def check_folder(model_spec: ParityModel, folder: Path, out=sys.stdout, optimised: bool = False) -> bool:
+    """Check every fixture in ``folder``; ``optimised`` runs the model's inference path (``optimise``)."""
     import torch
 
     folder = Path(folder)
@@ -133,6 +141,8 @@ def check_folder(model_spec: ParityModel, folder: Path, out=sys.stdout) -> bool:
         model = model_spec.build(config)
         state = synth_state_dict(rows, model, rescaled="rescaled" in fixture.stem)
         model.load_state_dict(state, strict=True)
+        if optimised and model_spec.optimise is not None:
+            model = model_spec.optimise(model)
         with torch.no_grad():
             produced = model_spec.outputs(model, arrays)
         missing = [n for n in model_spec.required if n not in produced]
@@ -170,12 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m napari_faceedit.parity", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="network name, e.g. bisenet, stargan, gpen")
     parser.add_argument("fixture_dir", type=Path)
+    parser.add_argument("--optimised", action="store_true",
+                        help="check the backend's optimised inference path (folded norms, channels-last, ...)")
     args = parser.parse_args(argv)
     models = get_registry().parity_models()
     if args.model not in models:
         print(f"no parity model '{args.model}' (available: {', '.join(sorted(models)) or 'none'})", file=sys.stderr)
         return 2
-    ok = check_folder(models[args.model], args.fixture_dir)
+    spec = models[args.model]
+    if args.optimised and spec.optimise is None:
+        print(f"{args.model}: one inference path (nothing separate to optimise); checking it")
+    ok = check_folder(spec, args.fixture_dir, optimised=args.optimised)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -104,11 +104,14 @@ class GPENBackend(FaceRestorationBackend):
         return int(self._injected.size) if self._injected is not None else self.size
 
     def load(self, ctx: RunContext):
-        from .model import BFR_CONFIGS, FullGenerator
+        from .model import BFR_CONFIGS, FullGenerator, prepare_for_inference
 
         if self._injected is not None:
             return gpen_restore_fn(self._injected.eval().to(ctx.device), ctx.device)
-        model = ctx.load_weights(self.weights[0], lambda config: FullGenerator(**BFR_CONFIGS[self.size]))
+        # The parity-checked fast path (folded scales and activations, channels-last); idempotent on
+        # the cached model.
+        model = prepare_for_inference(ctx.load_weights(self.weights[0],
+                                                       lambda config: FullGenerator(**BFR_CONFIGS[self.size])))
         return gpen_restore_fn(model, ctx.device)
 
 

@@ -8,6 +8,12 @@ output of each modulated convolution.
 
 The CUDA ops of the official code are replaced by plain torch: the FIR filter ``upfirdn2d`` by a
 depthwise (grouped) ``conv2d``/``conv_transpose2d`` and the fused bias + leaky ReLU by two elementwise ops.
+
+:func:`prepare_for_inference` switches a loaded model to the backend's fast CPU path: the constant
+weight scales and the activation gain sqrt(2) folded into the stored weights, biases passed to the
+convolutions, GPEN's concatenation + bias + leaky ReLU written into one buffer in place, the
+demodulation computed from precomputed squared weight sums, channels-last weights. Same function
+within float rounding (the parity fixtures pass on it).
 """
 from __future__ import annotations
 
@@ -127,6 +133,14 @@ class EqualConv2d(nn.Module):
     def forward(self, x):
         return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
 
+    @torch.no_grad()
+    def fold_scale(self, gain: float = 1.0) -> None:
+        """Inference: store ``weight * scale * gain`` (and ``bias * gain``) so forward scales by 1."""
+        self.weight.mul_(self.scale * gain)
+        if self.bias is not None:
+            self.bias.mul_(gain)
+        self.scale = 1.0
+
 
 class EqualLinear(nn.Module):
     def __init__(self, in_dim, out_dim, bias_init=0.0, lr_mul=1.0, activation=False):
@@ -156,6 +170,25 @@ class ConvLayer(nn.Sequential):
             layers.append(EqualConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False))
         layers.append(FusedLeakyReLU(out_channels))
         super().__init__(*layers)
+        self.folded = False
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> None:
+        """leaky_relu(conv(x) + b) * sqrt2 == leaky_relu(conv_{sqrt2 w}(x) + sqrt2 b): fold the gain and
+        the bias into the convolution, leaving one in-place activation."""
+        if self.folded:
+            return
+        conv, activation = self[-2], self[-1]
+        conv.fold_scale(SQRT2)
+        conv.bias = nn.Parameter(activation.bias * SQRT2)
+        self.folded = True
+
+    def forward(self, x):
+        if not self.folded:
+            return super().forward(x)
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        return F.leaky_relu_(x, 0.2)
 
 
 class ModulatedConv2d(nn.Module):
@@ -171,13 +204,41 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
+        self.output_gain = 1.0  # inference: a positive gain folded in from the activation that follows
+        # Inference (fold_for_inference): sum over the kernel of (scale * weight)^2, shape (out, in).
+        self.register_buffer("squared_weight_sums", None, persistent=False)
+
+    @torch.no_grad()
+    def fold_for_inference(self, output_gain: float = 1.0) -> None:
+        """Store ``scale * weight`` and its per-(out, in) squared kernel sums, so that a forward pass
+        modulates the weight in one multiplication: the demodulation factor of output o is
+        rsqrt(sum_i style_i^2 * sum_k w_oik^2), a matrix-vector product instead of a pass over the weight."""
+        if self.squared_weight_sums is not None:
+            return
+        self.weight.mul_(self.scale)
+        self.scale = 1.0
+        self.squared_weight_sums = self.weight[0].pow(2).sum(dim=(2, 3))
+        self.output_gain = float(output_gain)
+
+    def modulated_weight(self, style: torch.Tensor) -> torch.Tensor:
+        """(batch, out, in, k, k) weight of the folded layer for ``style`` (batch, in), gain included."""
+        factor = style[:, None, :]  # (batch, 1, in)
+        if self.demodulate:
+            demodulation = torch.rsqrt(style.pow(2) @ self.squared_weight_sums.t() + 1e-8)  # (batch, out)
+            factor = factor * demodulation[:, :, None]
+        if self.output_gain != 1.0:
+            factor = factor * self.output_gain
+        return self.weight * factor[..., None, None]
 
     def forward(self, x, style):
         batch, in_channels, height, width = x.shape
-        style = self.modulation(style).view(batch, 1, in_channels, 1, 1)
-        weight = self.weight * self.scale * style  # (batch, out, in, k, k)
-        if self.demodulate:
-            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+        if self.squared_weight_sums is not None:
+            weight = self.modulated_weight(self.modulation(style))
+        else:
+            style = self.modulation(style).view(batch, 1, in_channels, 1, 1)
+            weight = self.weight * self.scale * style  # (batch, out, in, k, k)
+            if self.demodulate:
+                weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
         k = self.kernel_size
         x = x.reshape(1, batch * in_channels, height, width)
         if self.upsample:
@@ -215,9 +276,35 @@ class StyledConv(nn.Module):
                                     blur_taps=blur_taps)
         self.noise = NoiseInjection(isconcat)
         self.activate = FusedLeakyReLU(out_channels * (2 if isconcat else 1))
+        self.folded = False
+        self.register_buffer("scaled_bias", None, persistent=False)  # inference: sqrt(2) * activation bias
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> None:
+        """Fold the activation gain sqrt(2) into the modulated weight and precompute sqrt(2) * bias."""
+        if self.folded:
+            return
+        self.conv.fold_for_inference(output_gain=SQRT2)
+        self.scaled_bias = self.activate.bias * SQRT2
+        self.folded = True
 
     def forward(self, x, style, noise=None):
-        return self.activate(self.noise(self.conv(x, style), noise))
+        if not self.folded or noise is None or not self.noise.isconcat:
+            if self.folded:
+                raise NotImplementedError("the folded StyledConv needs GPEN's concatenated noise input")
+            return self.activate(self.noise(self.conv(x, style), noise))
+        # [conv + b1, noise weight * noise + b2] written into one buffer, then one in-place leaky ReLU:
+        # the same as cat -> + bias -> leaky ReLU -> * sqrt2 with sqrt2 folded into weights and biases.
+        y = self.conv(x, style)
+        channels = y.shape[1]
+        memory_format = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) and not \
+            y.is_contiguous() else torch.contiguous_format
+        out = torch.empty((y.shape[0], 2 * channels, *y.shape[2:]), dtype=y.dtype, device=y.device,
+                          memory_format=memory_format)
+        bias = self.scaled_bias.view(1, -1, 1, 1)
+        torch.add(y, bias[:, :channels], out=out[:, :channels])
+        torch.addcmul(bias[:, channels:], noise, self.noise.weight * SQRT2, out=out[:, channels:])
+        return F.leaky_relu_(out, 0.2)
 
 
 class ToRGB(nn.Module):
@@ -229,6 +316,9 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x, style, skip=None):
+        if self.conv.squared_weight_sums is not None:  # folded: in-place adds on the fresh conv output
+            out = self.conv(x, style).add_(self.bias)
+            return out if skip is None else out.add_(self.upsample(skip))
         out = self.conv(x, style) + self.bias
         if skip is not None:
             out = out + self.upsample(skip)
@@ -343,6 +433,25 @@ class FullGenerator(nn.Module):
         return out
 
 
+def prepare_for_inference(model: FullGenerator, channels_last: bool = True) -> FullGenerator:
+    """The backend's fast CPU path, in place (load the weights first: scales are folded into the
+    stored weights; calling it again changes nothing). eval(), no parameter gradients, folded layers
+    (see the module docstring) and, by default, channels-last weights, which oneDNN's convolutions
+    and the depthwise FIR filters run faster on. Same function within float rounding."""
+    model.eval().requires_grad_(False)
+    for module in model.modules():
+        if isinstance(module, (ConvLayer, StyledConv)):
+            module.fold_for_inference()
+        elif isinstance(module, ToRGB):
+            module.conv.fold_for_inference()
+    if channels_last:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.ndim == 4:  # the modulated weights are 5-d and rebuilt every call
+                    parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def blur_kernel_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: buf for name, buf in model.state_dict().items() if name.endswith(".kernel")}
 
@@ -365,4 +474,5 @@ def parity_model():
     from napari_faceedit.parity import ParityModel
 
     required = ("output", "style_code", "latent_w", "enc_0", "rgb_4")
-    return ParityModel("gpen", _build_for_parity, _outputs_for_parity, required=required)
+    return ParityModel("gpen", _build_for_parity, _outputs_for_parity, required=required,
+                       optimise=prepare_for_inference)

@@ -32,11 +32,15 @@ FEATURE_SIZE = pp.IMAGE_SIZE // pp.FEATURE_STRIDE
 PLACED_COMPONENTS = {"left_eye": EYE_FEATURE, "right_eye": EYE_FEATURE, "mouth": MOUTH_FEATURE}
 
 
-def prepare_for_inference(networks: EditingNetworks, fold: bool = True, channels_last: bool = True) -> EditingNetworks:
+def prepare_for_inference(networks: EditingNetworks, fold: bool = True, channels_last: bool = True,
+                          split_decode: bool | None = None) -> EditingNetworks:
     """eval(), no gradients, BatchNorm folded into the convolutions and channels-last convolution weights
     (faster on CPU), all in place and each within float rounding of the
-    checkpoint's function. Load the checkpoints first: folding changes the state-dict keys."""
+    checkpoint's function. Load the checkpoints first: folding changes the state-dict keys.
+    ``split_decode`` (default: as ``fold``): the background decoder's first 1x1 convolution applied to
+    the face and background features separately (see :func:`decode`), never building their concatenation."""
     networks.eval().requires_grad_(False)
+    networks.split_decode = fold if split_decode is None else split_decode
     if fold:
         fold_batchnorm(networks)
     if channels_last:
@@ -138,11 +142,27 @@ def render(networks: EditingNetworks, features: dict[str, torch.Tensor], layout:
     _record(record, f"g_in_{tag}_placed", lambda: g_input.unflatten(1, (-1, FEATURE_CHANNELS))[:, blocks].sum(dim=2))
     face = G.generate_face(g_input)
     _record(record, f"g_out_{tag}_chmean", lambda: face.mean(dim=(2, 3)))
-    if background_features is None:
-        background_features = G.encode_background(_tensor(background_image, device))
-    background = background_features * _tensor(pp.background_mask(layout.labels), device)
+    mask = _tensor(pp.background_mask(layout.labels), device)
+    if background_features is None:  # our own fresh tensor: mask it in place (16 MB less at the peak)
+        background = G.encode_background(_tensor(background_image, device)).mul_(mask)
+    else:
+        background = background_features * mask
     _record(record, f"bgfeat_{tag}_chmean", lambda: background.mean(dim=(2, 3)))
+    if getattr(networks, "split_decode", False):
+        return decode(G, face, background)
     return G.decode(face, background)
+
+
+def decode(G, face: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """``G.decode(face, background)`` without materialising their 128-channel concatenation: the first
+    layer of the background decoder is a 1x1 convolution, which splits into one per input."""
+    first = G.bg_decoder[0]
+    if not (isinstance(first, torch.nn.Conv2d) and first.kernel_size == (1, 1) and first.groups == 1):
+        return G.decode(face, background)
+    channels = face.shape[1]
+    x = torch.nn.functional.conv2d(face, first.weight[:, :channels], first.bias)
+    x = x.add_(torch.nn.functional.conv2d(background, first.weight[:, channels:]))
+    return G.bg_decoder[1:](x)
 
 
 def edit_prepared(networks: EditingNetworks, style: pp.PreparedFace, target: pp.PreparedLayout,

@@ -58,9 +58,12 @@ class CompactParserBackend(_Parser):
                         choices=("none", "flip", "multiscale")),)
 
     def prepare(self, request, ctx: RunContext) -> None:
+        from .bisenet import fold_batchnorm
         from .compact import CompactParser
 
-        self.model = ctx.load_bundled(COMPACT_FILE, CompactParser)
+        # Batch norm folded into the convolutions (idempotent on the cached model): a third fewer ops
+        # per pass, same labels (logits within float rounding).
+        self.model = fold_batchnorm(ctx.load_bundled(COMPACT_FILE, CompactParser).requires_grad_(False))
 
     def process_crop(self, face: FaceCrop, ctx: RunContext) -> CropResult:
         from .compact import TTA_MODES, predict
@@ -79,9 +82,10 @@ class BiSeNetParser(_Parser):
     crop_size = 512  # the official preprocessing resizes every face crop to 512x512
 
     def prepare(self, request, ctx: RunContext) -> None:
-        from .bisenet import BiSeNet
+        from .bisenet import BiSeNet, prepare_for_inference
 
-        self.model = ctx.load_weights(self.weights[0], lambda config: BiSeNet(n_classes=19))
+        # Folded, channels-last inference path (parity-checked); idempotent on the cached model.
+        self.model = prepare_for_inference(ctx.load_weights(self.weights[0], lambda config: BiSeNet(n_classes=19)))
 
     def process_crop(self, face: FaceCrop, ctx: RunContext) -> CropResult:
         return CropResult(labels=bisenet_parse_crop(self.model, face.image))
@@ -98,8 +102,10 @@ def bisenet_parse_crop(model, crop: np.ndarray) -> np.ndarray:
     device = next(model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().to(device) / 255.0
     x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        logits = model(imagenet_normalize(x))[0]
+    with torch.inference_mode():
+        x = imagenet_normalize(x)
+        # The main head alone where the network offers it (BiSeNet.parse_logits), else forward()[0].
+        logits = model.parse_logits(x) if hasattr(model, "parse_logits") else model(x)[0]
     if (h, w) != (INPUT_SIZE, INPUT_SIZE):
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
     return BISENET_TO_CELEBAMASK[logits.argmax(1)[0].cpu().numpy()].astype(np.int64)

@@ -6,6 +6,10 @@ heads (main on the fused 1/8 feature, two auxiliary heads). In this checkpoint t
 the ResNet's own 1/8 feature (``layer2``): there are no separate spatial-path weights.
 Outputs are 19 logits in BiSeNet's class order (see ``vocab.BISENET_ORDER``); map to ours with
 ``vocab.BISENET_TO_CELEBAMASK``. Nothing is downloaded: weights come from the weights manager.
+
+Inference path of the backend: :func:`prepare_for_inference` (batch norm folded into the convolutions,
+channels-last weights) and :meth:`BiSeNet.parse_logits` (the main head only: the two auxiliary heads
+serve training). The parity fixture is checked on that path too.
 """
 from __future__ import annotations
 
@@ -23,9 +27,10 @@ class ConvBNReLU(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(cout)
+        self.inplace = False  # prepare_for_inference: activations in place on fresh tensors
 
     def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
+        return F.relu(self.bn(self.conv(x)), inplace=self.inplace)
 
 
 class BasicBlock(nn.Module):
@@ -38,10 +43,13 @@ class BasicBlock(nn.Module):
         self.downsample = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.inplace = False  # prepare_for_inference: activations and the sum in place on fresh tensors
 
     def forward(self, x):
-        residual = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        residual = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)), inplace=self.inplace)))
         shortcut = x if self.downsample is None else self.downsample(x)
+        if self.inplace:
+            return F.relu_(residual.add_(shortcut))
         return F.relu(shortcut + residual)
 
 
@@ -154,6 +162,47 @@ class BiSeNet(nn.Module):
     def forward(self, x):
         out = self.features(x)
         return out["logits"], out["logits16"], out["logits32"]
+
+    def parse_logits(self, x) -> torch.Tensor:
+        """The main head's logits at the input size: ``forward(x)[0]`` without the auxiliary heads
+        (their convolutions and two 19-channel upsamplings to full size are a fifth of the forward)."""
+        feat_res8, feat_cp8, _ = self.cp(x)
+        logits = self.conv_out(self.ffm(feat_res8, feat_cp8))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+@torch.no_grad()
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d into the convolution registered right before it, in place
+    (conv -> bn pairs are registered in execution order throughout BiSeNet), replacing the norm by
+    an identity. Same function up to float rounding; the state-dict keys change, so load weights first."""
+    children = list(module.named_children())
+    for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            if bn.training:
+                raise RuntimeError("fold_batchnorm needs eval mode (running statistics); call .eval() first")
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            shift = bn.bias - bn.running_mean * scale
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(shift if conv.bias is None else conv.bias * scale + shift)
+            setattr(module, bn_name, nn.Identity())
+    for child in module.children():
+        fold_batchnorm(child)
+    return module
+
+
+def prepare_for_inference(model: BiSeNet, channels_last: bool = True) -> BiSeNet:
+    """The backend's fast CPU path, in place: eval(), no parameter gradients, batch norm folded into
+    the convolutions, in-place activations and channels-last weights (oneDNN's preferred layout; max pooling and the 1x1
+    convolutions gain most). Call after loading the checkpoint."""
+    model.eval().requires_grad_(False)
+    fold_batchnorm(model)
+    for module in model.modules():
+        if isinstance(module, (ConvBNReLU, BasicBlock)):
+            module.inplace = True  # safe once folded: every activation input is a fresh conv output
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def imagenet_normalize(x01: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ class StarGANBackend(FaceBackend):
 
     def prepare(self, request: EditAttributesRequest, ctx: RunContext) -> None:
         from .classifier import CLASSIFIER_FILE, AttributeClassifier, default_classifier_path
-        from .model import Generator
+        from .model import Generator, prepare_for_inference
 
         check_attributes(request.attributes, self.supported_attributes, self.name)
         self.given_source = parse_source_attributes(ctx.params["source_attributes"])
@@ -125,8 +125,9 @@ class StarGANBackend(FaceBackend):
         if self._model is not None:
             self.generator = self._model.to(ctx.device)
         else:
-            self.generator = ctx.load_weights(self.weights[0], lambda config: Generator(
-                int(config.get("conv_dim", 64)), int(config.get("c_dim", 5)), int(config.get("repeat_num", 6))))
+            # The parity-checked fast path (group-norm kernels, channels-last); idempotent on the cached model.
+            self.generator = prepare_for_inference(ctx.load_weights(self.weights[0], lambda config: Generator(
+                int(config.get("conv_dim", 64)), int(config.get("c_dim", 5)), int(config.get("repeat_num", 6)))))
         self.generator.norm_mode = ctx.params["norm_mode"]
         self.classifier = None
         if len(self.given_source) < len(self.supported_attributes):

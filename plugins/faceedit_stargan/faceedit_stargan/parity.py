@@ -6,7 +6,7 @@ import torch
 
 from napari_faceedit.parity import ParityModel
 
-from .model import Generator
+from .model import Generator, prepare_for_inference
 
 MODE_SUFFIX = {"instance": "train", "running": "eval"}  # fixture naming: official train()/eval()
 
@@ -35,6 +35,7 @@ PARITY_MODEL = ParityModel(
     build=build,
     outputs=outputs,
     inputs=("input", "labels"),
+    optimise=prepare_for_inference,
     required=tuple(f"{kind}_{suffix}" for suffix in MODE_SUFFIX.values()
                    for kind in ("output", "pre_tanh", "feat_down", "feat_bottleneck")),
 )

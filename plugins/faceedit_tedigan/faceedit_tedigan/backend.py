@@ -66,14 +66,19 @@ class TediGANBackend(FaceBackend):
                     clip.to(ctx.device).eval(), tokenizer)
         from napari_faceedit import weights
 
-        from .clip import build_clip
+        from . import clip as clip_module
+        from . import encoder as encoder_module
+        from . import stylegan as stylegan_module
         from .clip_tokenizer import CLIPTokenizer
-        from .encoder import StyleGANEncoder
-        from .stylegan import StyleGANGenerator
 
-        generator = ctx.load_weights(GENERATOR_ID, lambda config: StyleGANGenerator.from_official_config(config))
-        encoder = ctx.load_weights(ENCODER_ID, lambda config: StyleGANEncoder.from_official_config(config))
-        clip = ctx.load_weights(CLIP_ID, lambda config: build_clip(config or None))
+        # The parity-checked fast paths (folded layers, fused epilogues, pooled-token transformer ends);
+        # each is idempotent, so the cached models are prepared once. Gradients to the code still flow.
+        generator = stylegan_module.prepare_for_inference(ctx.load_weights(
+            GENERATOR_ID, lambda config: stylegan_module.StyleGANGenerator.from_official_config(config)))
+        encoder = encoder_module.prepare_for_inference(ctx.load_weights(
+            ENCODER_ID, lambda config: encoder_module.StyleGANEncoder.from_official_config(config)))
+        clip = clip_module.prepare_for_inference(ctx.load_weights(
+            CLIP_ID, lambda config: clip_module.build_clip(config or None)))
         return generator, encoder, clip, CLIPTokenizer(weights.path(VOCAB_ID))
 
     def text_features(self, text: str, clip, tokenizer, device):

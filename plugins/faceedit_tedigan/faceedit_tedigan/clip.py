@@ -13,6 +13,12 @@ temperature ``exp(logit_scale)``, are the logits. Both towers are pre-LayerNorm 
 Also here: loading the released state dict (:func:`load_released_state_dict`), the official image
 preprocessing as differentiable tensor ops (:func:`preprocess_image`), and TediGAN's CLIP loss
 (:func:`tedigan_clip_input`, :func:`tedigan_clip_loss`).
+
+:func:`prepare_for_inference` switches a loaded model to the fast path: text cut after its last
+end-of-text token (exact: the mask is causal), the last block of each tower evaluated only at the
+pooled position (class token / end-of-text token: nothing else reaches the output), and the linear
+layers run by oneDNN's matmul (about 2x MKL's for these 50-77-row products on CPU) whenever no
+gradient is needed; with gradients (TediGAN's loop) they stay on ``F.linear``.
 """
 from __future__ import annotations
 
@@ -48,6 +54,19 @@ class LayerNormFloat32(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
+def _onednn_linear_usable() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], onednn: bool = False) -> torch.Tensor:
+    """``F.linear``; with ``onednn`` and when nothing needs a gradient, oneDNN's matmul instead (same
+    result within float rounding; it has no autograd formula, hence the fallback)."""
+    if (onednn and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     """The sigmoid approximation of GELU that CLIP was trained with (not erf GELU)."""
     return x * torch.sigmoid(1.702 * x)
@@ -66,13 +85,30 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
         nn.init.normal_(self.in_proj_weight, std=width ** -0.5)
+        self.onednn = False  # prepare_for_inference: oneDNN matmuls when no gradient is needed
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.onednn)
         query, key, value = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-        return self.out_proj(attended.transpose(1, 2).reshape(batch, length, width))
+        return linear(attended.transpose(1, 2).reshape(batch, length, width), self.out_proj.weight,
+                      self.out_proj.bias, self.onednn)
+
+    def forward_at(self, x: torch.Tensor, positions: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention output at one position per sequence (``positions`` (N,)): (N, 1, width). Keys and
+        values of every token, the query of that token only; ``mask`` rows are those positions'."""
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        rows = torch.arange(batch, device=x.device)
+        query = linear(x[rows, positions][:, None], self.in_proj_weight[:width], self.in_proj_bias[:width], self.onednn)
+        key_value = linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:], self.onednn)
+        key, value = key_value.view(batch, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        query = query.view(batch, 1, self.heads, head_dim).transpose(1, 2)
+        row_mask = None if mask is None else mask[positions][:, None, None, :]  # (N, 1, 1, L)
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=row_mask)
+        return linear(attended.transpose(1, 2).reshape(batch, 1, width), self.out_proj.weight, self.out_proj.bias,
+                      self.onednn)
 
 
 class FeedForward(nn.Module):
@@ -80,9 +116,11 @@ class FeedForward(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(width, 4 * width)
         self.c_proj = nn.Linear(4 * width, width)
+        self.onednn = False  # prepare_for_inference: oneDNN matmuls when no gradient is needed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(quick_gelu(self.c_fc(x)))
+        hidden = quick_gelu(linear(x, self.c_fc.weight, self.c_fc.bias, self.onednn))
+        return linear(hidden, self.c_proj.weight, self.c_proj.bias, self.onednn)
 
 
 class ResidualBlock(nn.Module):
@@ -99,15 +137,27 @@ class ResidualBlock(nn.Module):
         x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
+    def forward_at(self, x: torch.Tensor, positions: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The block's output at one position per sequence: (N, 1, width)."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        x_at = x[rows, positions][:, None] + self.attn.forward_at(self.ln_1(x), positions, mask)
+        return x_at + self.mlp(self.ln_2(x_at))
+
 
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int):
         super().__init__()
         self.resblocks = nn.ModuleList(ResidualBlock(width, heads) for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                output_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, L, width) -> (N, L, width); with ``output_positions`` (N,) only those tokens' outputs,
+        (N, 1, width), and the last block computes nothing else."""
+        last = len(self.resblocks) - 1 if output_positions is not None else len(self.resblocks)
+        for block in self.resblocks[:last]:
             x = block(x, mask)
+        if output_positions is not None:
+            x = self.resblocks[last].forward_at(x, output_positions, mask)
         return x
 
 
@@ -128,6 +178,7 @@ class VisionTransformer(nn.Module):
         self.ln_pre = LayerNormFloat32(width)
         self.transformer = Transformer(width, layers, heads)
         self.ln_post = LayerNormFloat32(width)
+        self.class_token_only = False  # prepare_for_inference: the last block at the class token only
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.ndim != 4 or image.shape[1] != 3 or tuple(image.shape[-2:]) != (self.resolution,) * 2:
@@ -136,6 +187,9 @@ class VisionTransformer(nn.Module):
         patches = self.conv1(image).flatten(2).transpose(1, 2)  # (N, 49, width)
         class_token = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         x = torch.cat([class_token, patches], dim=1) + self.positional_embedding.to(patches.dtype)
+        if self.class_token_only:
+            positions = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            return self.ln_post(self.transformer(self.ln_pre(x), output_positions=positions)[:, 0]) @ self.proj
         x = self.transformer(self.ln_pre(x))
         return self.ln_post(x[:, 0]) @ self.proj
 
@@ -164,6 +218,7 @@ class CLIP(nn.Module):
         # -inf above the diagonal: a text token sees only itself and earlier tokens. Built here, not saved.
         causal = torch.full((context_length, context_length), float("-inf")).triu(1)
         self.register_buffer("causal_mask", causal, persistent=False)
+        self.pooled_text_only = False  # prepare_for_inference: text cut after EOT, last block at EOT only
 
     @property
     def dtype(self) -> torch.dtype:
@@ -184,10 +239,18 @@ class CLIP(nn.Module):
         token_ids = torch.as_tensor(token_ids, device=self.token_embedding.weight.device).long()
         if token_ids.ndim != 2 or token_ids.shape[1] > self.context_length:
             raise ValueError(f"token ids must be (N, L) with L <= {self.context_length}, got {tuple(token_ids.shape)}")
+        eot = self.end_of_text_positions(token_ids)
+        if self.pooled_text_only:
+            # Tokens after the last end-of-text token cannot reach any pooled output (causal mask).
+            length = int(eot.max()) + 1
+            token_ids = token_ids[:, :length]
+            x = (self.token_embedding(token_ids) + self.positional_embedding[:length]).to(self.dtype)
+            x = self.transformer(x, self.causal_mask[:length, :length].to(x.dtype), output_positions=eot)
+            return self.ln_final(x[:, 0]) @ self.text_projection
         length = token_ids.shape[1]
         x = (self.token_embedding(token_ids) + self.positional_embedding[:length]).to(self.dtype)
         x = self.ln_final(self.transformer(x, self.causal_mask[:length, :length].to(x.dtype)))
-        pooled = x[torch.arange(x.shape[0], device=x.device), self.end_of_text_positions(token_ids)]
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
         return pooled @ self.text_projection
 
     def similarity_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
@@ -200,6 +263,20 @@ class CLIP(nn.Module):
         """``(logits_per_image (N_img, N_txt), logits_per_text (N_txt, N_img))``, as the reference returns."""
         logits_per_image = self.similarity_logits(self.encode_image(image), self.encode_text(token_ids))
         return logits_per_image, logits_per_image.t()
+
+
+def prepare_for_inference(model: CLIP, onednn_linear: bool = True) -> CLIP:
+    """The fast path (see the module docstring), in place; weights are untouched, so it may be applied
+    before or after loading and gradients with respect to the inputs still flow. ``onednn_linear``:
+    oneDNN matmuls for gradient-free calls (where the build offers them)."""
+    model.eval().requires_grad_(False)
+    model.visual.class_token_only = True
+    model.pooled_text_only = True
+    onednn = onednn_linear and _onednn_linear_usable()
+    for module in model.modules():
+        if isinstance(module, (SelfAttention, FeedForward)):
+            module.onednn = onednn
+    return model
 
 
 def build_clip(config: Optional[Mapping] = None) -> CLIP:

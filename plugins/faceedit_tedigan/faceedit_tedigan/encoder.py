@@ -11,6 +11,11 @@ State-dict compatible with the published ``styleganinv_ffhq256_encoder.pth`` (FF
   gain 1, no bias) -> BatchNorm over the 7168 features.
 BatchNorms run on their running statistics (eval mode, eps 1e-5), also when TediGAN back-propagates
 through the encoder for its regulariser. Keys are ``block{i}.bn.bn.*``: a wrapper around the BatchNorm.
+
+:func:`prepare_for_inference` switches a loaded encoder to the backend's fast path: every BatchNorm
+(and the conv bias / dense scale before it) folded into the convolution or dense layer, in-place
+LeakyReLUs, channels-last weights, and the 1024-channel 3x3 convolutions on 8x8 and 4x4 maps as im2col +
+one matrix product. Same function within float rounding (parity fixtures pass on it).
 """
 from __future__ import annotations
 
@@ -34,6 +39,36 @@ class WrappedBatchNorm(nn.Module):
         return self.bn(x)
 
 
+@torch.no_grad()
+def fold_batchnorm_into(layer: nn.Module, norm: nn.Module, bias: torch.Tensor | None = None,
+                        weight_scale: float = 1.0) -> None:
+    """Fold ``norm(layer(x) * weight_scale + bias)`` (eval BatchNorm) into ``layer``'s weight and bias,
+    in place; ``layer`` is an ``nn.Conv2d`` or ``nn.Linear`` (output channels first)."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    shift = norm.bias - norm.running_mean * scale
+    if bias is not None:
+        shift = shift + bias * scale
+    layer.weight.mul_((scale * weight_scale).view(-1, *([1] * (layer.weight.ndim - 1))))
+    layer.bias = nn.Parameter(shift.clone())
+
+
+# im2col + GEMM instead of oneDNN's direct convolution: small maps with many channels, where the direct
+# convolution runs at about half MKL's GEMM speed (measured on CPU: 1024 channels at 8x8, 26 vs 15 ms).
+GEMM_CONV_MIN_CHANNELS = 1024
+GEMM_CONV_MAX_PIXELS = 64
+
+
+def conv3x3_as_gemm(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x)`` for a 3x3, stride-1, padding-1 convolution with bias and an NCHW-contiguous weight."""
+    batch, _, height, width = x.shape
+    columns = F.unfold(x, 3, padding=1)  # (N, C_in * 9, H * W), the weight's (C_in, kh, kw) order
+    weight = conv.weight.view(conv.out_channels, -1)
+    if batch == 1:  # addmm: MKL's GEMM directly (baddbmm with an expanded weight is slower)
+        return torch.addmm(conv.bias.view(-1, 1), weight, columns[0]).view(1, conv.out_channels, height, width)
+    out = torch.baddbmm(conv.bias.view(1, -1, 1), weight.expand(batch, -1, -1), columns)
+    return out.view(batch, conv.out_channels, height, width)
+
+
 class ConvBias(nn.Module):
     """The ``wscale`` module of the official code with ``use_wscale=False``: scale 1, holds the bias."""
 
@@ -52,7 +87,14 @@ class InputBlock(nn.Module):
         self.bn = WrappedBatchNorm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.bn, nn.Identity):  # folded: conv (+ bias) -> in-place LeakyReLU
+            return F.leaky_relu_(self.conv(x), LRELU_SLOPE)
         return F.leaky_relu(self.bn(self.conv(x)), LRELU_SLOPE)
+
+    def fold_for_inference(self) -> None:
+        if not isinstance(self.bn, nn.Identity):
+            fold_batchnorm_into(self.conv, self.bn.bn)
+            self.bn = nn.Identity()
 
 
 class ResidualDownBlock(nn.Module):
@@ -72,12 +114,33 @@ class ResidualDownBlock(nn.Module):
         self.wscale2 = ConvBias(out_channels)
         self.bn2 = WrappedBatchNorm(out_channels)
 
+        self.folded = False
+        self.gemm_convs = False  # prepare_for_inference: 3x3 convolutions as GEMMs on small maps
+
+    def conv3x3(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        if self.gemm_convs and x.shape[-2] * x.shape[-1] <= GEMM_CONV_MAX_PIXELS:
+            return conv3x3_as_gemm(x, conv)
+        return conv(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.avg_pool2d(x, 2)
+        if self.folded:  # every norm and bias inside the convolutions; activations in place
+            h = F.leaky_relu_(self.conv3x3(self.conv1, x), LRELU_SLOPE)
+            h = F.leaky_relu_(self.conv3x3(self.conv2, h), LRELU_SLOPE)
+            return h.add_(F.leaky_relu_(self.conv(x), LRELU_SLOPE) if self.projects_shortcut else x)
         shortcut = F.leaky_relu(self.bn(self.conv(x)), LRELU_SLOPE) if self.projects_shortcut else x
         h = F.leaky_relu(self.bn1(self.wscale1(self.conv1(x))), LRELU_SLOPE)
         h = F.leaky_relu(self.bn2(self.wscale2(self.conv2(h))), LRELU_SLOPE)
         return h + shortcut
+
+    def fold_for_inference(self) -> None:
+        if self.folded:
+            return
+        if self.projects_shortcut:
+            fold_batchnorm_into(self.conv, self.bn.bn)
+        fold_batchnorm_into(self.conv1, self.bn1.bn, self.wscale1.bias)
+        fold_batchnorm_into(self.conv2, self.bn2.bn, self.wscale2.bias)
+        self.folded = True
 
 
 class LatentHead(nn.Module):
@@ -89,8 +152,17 @@ class LatentHead(nn.Module):
         self.bn = WrappedBatchNorm(out_features, dims=1)
         self.weight_scale = 1.0 / math.sqrt(in_features)
 
+        self.folded = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded:
+            return self.fc(x.flatten(1))
         return self.bn(self.fc(x.flatten(1)) * self.weight_scale)
+
+    def fold_for_inference(self) -> None:
+        if not self.folded:
+            fold_batchnorm_into(self.fc, self.bn.bn, weight_scale=self.weight_scale)
+            self.folded = True
 
 
 class StyleGANEncoder(nn.Module):
@@ -137,9 +209,31 @@ class StyleGANEncoder(nn.Module):
         return self.flat_to_wp(self.forward_flat(image))
 
     def load_official_state_dict(self, state: dict) -> None:
-        """Strict load; ``num_batches_tracked`` (unused in eval) may be absent, as in old checkpoints."""
+        """Strict load; ``num_batches_tracked`` (unused in eval) may be absent, as in old checkpoints.
+        Load before :func:`prepare_for_inference` (folding changes the weights and keys)."""
         state = dict(state)
         for name in self.state_dict():
             if name.endswith(".num_batches_tracked") and name not in state:
                 state[name] = torch.zeros((), dtype=torch.long)
         load_strict(self, state, "TediGAN StyleGAN encoder")
+
+
+def prepare_for_inference(encoder: StyleGANEncoder, channels_last: bool = True,
+                          gemm_small_convs: bool = True) -> StyleGANEncoder:
+    """The backend's fast path, in place (load the weights first; calling it again changes nothing):
+    eval(), no parameter gradients, batch norms folded (see the module docstring), channels-last
+    weights (on which the 2x2 average pooling and the convolutions run faster) and, with
+    ``gemm_small_convs``, the 1024-channel 3x3 convolutions as im2col + GEMM."""
+    encoder.eval().requires_grad_(False)
+    for index in range(encoder.num_blocks):
+        getattr(encoder, f"block{index}").fold_for_inference()
+    if channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    for index in range(1, encoder.num_blocks - 1):
+        block = getattr(encoder, f"block{index}")
+        if gemm_small_convs and block.conv1.in_channels >= GEMM_CONV_MIN_CHANNELS:
+            block.gemm_convs = True
+            with torch.no_grad():  # the GEMM reads the weight as an (out, in * 9) matrix
+                for conv in (block.conv1, block.conv2):
+                    conv.weight.data = conv.weight.data.contiguous()
+    return encoder

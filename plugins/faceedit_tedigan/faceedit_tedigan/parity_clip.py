@@ -17,7 +17,7 @@ import torch
 
 from napari_faceedit.parity import ParityModel
 
-from .clip import CLIP
+from .clip import CLIP, prepare_for_inference
 from .clip_tokenizer import CLIPTokenizer
 
 VOCAB_ENV = "FACEEDIT_CLIP_VOCAB"
@@ -84,4 +84,5 @@ CLIP_PARITY = ParityModel(
               "logits_per_image", "logit_scale"),
     compare={"token_ids": exact_integers, "eot_index": exact_integers, "prompts": exact_strings},
     inputs=FIXTURE_INPUTS,
+    optimise=prepare_for_inference,
 )

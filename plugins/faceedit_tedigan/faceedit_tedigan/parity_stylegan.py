@@ -18,8 +18,9 @@ from napari_faceedit.parity import ParityModel
 
 from .clip import tedigan_clip_input, tedigan_clip_loss
 from .encoder import StyleGANEncoder
+from .encoder import prepare_for_inference as prepare_encoder_for_inference
 from .parity_clip import exact_integers
-from .stylegan import StyleGANGenerator
+from .stylegan import StyleGANGenerator, prepare_for_inference
 
 CLIP_DEPENDENT_ARRAYS = ("clip_logits_per_image", "clip_loss", "clip_token_ids")
 STYLEGAN_INPUTS = ("z", "clip_prompts")
@@ -89,6 +90,6 @@ def encoder_outputs(model: StyleGANEncoder, arrays: dict) -> dict:
 
 STYLEGAN_PARITY = ParityModel("tedigan_stylegan_ffhq256", build_generator, generator_outputs,
                               required=STYLEGAN_REQUIRED, inputs=STYLEGAN_INPUTS,
-                              compare={"clip_token_ids": exact_integers})
+                              compare={"clip_token_ids": exact_integers}, optimise=prepare_for_inference)
 ENCODER_PARITY = ParityModel("tedigan_encoder_ffhq256", build_encoder, encoder_outputs, required=ENCODER_REQUIRED,
-                             inputs=())
+                             inputs=(), optimise=prepare_encoder_for_inference)

@@ -20,6 +20,14 @@ Neither TediGAN nor idinvert fixes another split: TediGAN's CLIP optimisation (`
 updates all 14 rows, and idinvert's style mixing / manipulation take arbitrary layer indices.
 ``restrict_layers`` lets an optimisation change only some rows. Note that the default truncation
 (layers 0-7) covers exactly the coarse and middle groups.
+
+:func:`prepare_for_inference` switches a loaded generator to the backend's fast path (forward and
+backward: TediGAN optimises the code through it). Per layer: the weight scale folded into the stored
+weight; from 16 px up, nearest x2 upsampling + 3x3 convolution as one stride-2 transposed 4x4
+convolution (the kernel identity of ``fused_scale``: 4 instead of 9 multiply-adds per output); the layer bias
+added by the convolution (or the blur after it); noise added in place; one in-place LeakyReLU;
+instance norm and the style modulation as one ``group_norm`` with per-channel affine (1 + scale,
+shift). Same function within float rounding; the parity fixtures pass on it.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ LRELU_SLOPE = 0.2
 PIXEL_NORM_EPS = 1e-8
 INSTANCE_NORM_EPS = 1e-8
 MAPPING_LR_MULTIPLIER = 0.01
+TRANSPOSED_UPSAMPLE_FROM = 16  # prepare_for_inference: output resolution from which upsampling convs are fused
 
 
 def num_synthesis_layers(resolution: int) -> int:
@@ -207,6 +216,25 @@ class Epilogue(nn.Module):
         x = x * torch.rsqrt(x.pow(2).mean(dim=(2, 3), keepdim=True) + INSTANCE_NORM_EPS)
         return self.style_mod(x, style)
 
+    def forward_fused(self, x: torch.Tensor, style: torch.Tensor, randomize_noise: bool = False) -> torch.Tensor:
+        """The same on a fresh ``x`` that already holds the layer bias (added by the convolution):
+        noise in place, LeakyReLU in place, then instance norm and style as one group norm (one
+        channel per group) whose affine weight and bias are (1 + scale, shift)."""
+        if randomize_noise:
+            noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+        else:
+            noise = self.apply_noise.noise
+        x = F.leaky_relu_(x.addcmul_(noise, self.apply_noise.weight.view(1, -1, 1, 1)), LRELU_SLOPE)
+        batch, channels = x.shape[:2]
+        style = style.view(batch, 2, channels)
+        scale, shift = style[:, 0] + 1, style[:, 1]
+        if batch == 1:
+            return F.group_norm(x, channels, scale[0], shift[0], INSTANCE_NORM_EPS)
+        # Per-sample styles: one group per (sample, channel) of a 1-sample view.
+        out = F.group_norm(x.reshape(1, batch * channels, *x.shape[2:]), batch * channels, scale.reshape(-1),
+                           shift.reshape(-1), INSTANCE_NORM_EPS)
+        return out.view_as(x)
+
 
 def binomial_blur_kernel(channels: int) -> torch.Tensor:
     """Depthwise [1,2,1]^T [1,2,1] / 16, shape [C,1,3,3] (the ``blur.kernel`` buffer)."""
@@ -231,9 +259,13 @@ class ConstInputLayer(nn.Module):
         super().__init__()
         self.const = nn.Parameter(torch.ones(1, channels, 4, 4))
         self.epilogue = Epilogue(channels, 4, w_dim)
+        self.fused = False  # prepare_for_inference: the epilogue's fused path
 
     def forward(self, batch_size: int, style: torch.Tensor, randomize_noise: bool = False) -> torch.Tensor:
         x = self.const.expand(batch_size, -1, -1, -1)
+        if self.fused:
+            x = x + self.epilogue.bias.view(1, -1, 1, 1)  # a fresh tensor for the in-place epilogue
+            return self.epilogue.forward_fused(x, style, randomize_noise)
         return self.epilogue(x, style, randomize_noise)
 
 
@@ -244,13 +276,41 @@ class ConvLayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, resolution: int, w_dim: int, upsample: bool):
         super().__init__()
         self.upsample = upsample
+        self.resolution = resolution
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.weight_scale = math.sqrt(2.0) / math.sqrt(in_channels * 9)
         if upsample:
             self.blur = Blur(out_channels)
         self.epilogue = Epilogue(out_channels, resolution, w_dim)
+        self.fused = False
+        # fuse_for_inference: the [in, out, 4, 4] kernel equal to nearest x2 upsampling + this conv.
+        self.register_buffer("upsample_kernel", None, persistent=False)
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        if self.fused:
+            return
+        self.conv.weight.mul_(self.weight_scale)
+        self.weight_scale = 1.0
+        # From 16 px up; at 8 px the 4x4 kernel's extra weight traffic costs more than the saved
+        # multiply-adds (measured on CPU).
+        if self.upsample and self.resolution >= TRANSPOSED_UPSAMPLE_FROM:
+            # A transposed convolution applies its kernel mirrored relative to conv2d's cross-correlation.
+            self.upsample_kernel = upsample_conv_kernel(self.conv.weight.flip(2, 3).permute(2, 3, 1, 0)).contiguous()
+        self.fused = True
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, randomize_noise: bool = False) -> torch.Tensor:
+        if self.fused:
+            bias = self.epilogue.bias
+            if self.upsample:
+                if self.upsample_kernel is not None:
+                    x = F.conv_transpose2d(x, self.upsample_kernel, stride=2, padding=1)
+                else:
+                    x = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), self.conv.weight, padding=1)
+                x = F.conv2d(x, self.blur.kernel.to(x.dtype), bias, padding=1, groups=x.shape[1])
+            else:
+                x = F.conv2d(x, self.conv.weight, bias, padding=1)
+            return self.epilogue.forward_fused(x, style, randomize_noise)
         if self.upsample:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
         x = F.conv2d(x, self.conv.weight * self.weight_scale, padding=1)
@@ -271,15 +331,35 @@ class FusedUpsampleConvLayer(nn.Module):
         self.blur = Blur(out_channels)
         self.epilogue = Epilogue(out_channels, resolution, w_dim)
 
+        self.fused = False
+        self.register_buffer("upsample_kernel", None, persistent=False)  # fuse_for_inference: the kernel, once
+
     def transposed_kernel(self) -> torch.Tensor:
-        kernel = F.pad(self.weight * self.weight_scale, (0, 0, 0, 0, 1, 1, 1, 1))
-        kernel = kernel[1:, 1:] + kernel[:-1, 1:] + kernel[1:, :-1] + kernel[:-1, :-1]
-        return kernel.permute(2, 3, 0, 1)  # [in, out, 4, 4]: conv_transpose2d's layout
+        return upsample_conv_kernel(self.weight * self.weight_scale)
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        if not self.fused:
+            self.upsample_kernel = self.transposed_kernel().contiguous()  # not re-laid out every call
+            self.fused = True
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, randomize_noise: bool = False) -> torch.Tensor:
+        if self.fused:
+            x = F.conv_transpose2d(x, self.upsample_kernel, stride=2, padding=1)
+            x = F.conv2d(x, self.blur.kernel.to(x.dtype), self.epilogue.bias, padding=1, groups=x.shape[1])
+            return self.epilogue.forward_fused(x, style, randomize_noise)
         x = F.conv_transpose2d(x, self.transposed_kernel(), stride=2, padding=1)
         x = self.blur(x)
         return self.epilogue(x, style, randomize_noise)
+
+
+def upsample_conv_kernel(weight_hwio: torch.Tensor) -> torch.Tensor:
+    """[3, 3, in, out] kernel of a 3x3 convolution -> the [in, out, 4, 4] ``conv_transpose2d`` kernel
+    (stride 2, padding 1) equal to nearest x2 upsampling followed by that convolution: the kernel
+    zero-padded to 5x5 and its four shifted 4x4 windows summed."""
+    kernel = F.pad(weight_hwio, (0, 0, 0, 0, 1, 1, 1, 1))
+    kernel = kernel[1:, 1:] + kernel[:-1, 1:] + kernel[1:, :-1] + kernel[:-1, :-1]
+    return kernel.permute(2, 3, 0, 1)  # a view: callers that keep it make it contiguous
 
 
 class ToRGB(nn.Module):
@@ -292,7 +372,15 @@ class ToRGB(nn.Module):
         self.weight_scale = 1.0 / math.sqrt(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_scale == 1.0:  # folded (prepare_for_inference): the bias goes into the convolution
+            return F.conv2d(x, self.conv.weight, self.bias)
         return F.conv2d(x, self.conv.weight * self.weight_scale) + self.bias.view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        if self.weight_scale != 1.0:
+            self.conv.weight.mul_(self.weight_scale)
+            self.weight_scale = 1.0
 
 
 class SynthesisNetwork(nn.Module):
@@ -436,6 +524,27 @@ class StyleGANGenerator(nn.Module):
     def load_official_state_dict(self, state: dict) -> None:
         """Strict load with one readable error for missing, unexpected or mis-shaped keys."""
         load_strict(self, state, "TediGAN StyleGAN generator")
+
+
+def prepare_for_inference(generator: StyleGANGenerator, channels_last: bool = False) -> StyleGANGenerator:
+    """The backend's fast path, in place (see the module docstring); load the weights first (weight
+    scales are folded into the stored weights; calling it again changes nothing). Gradients with
+    respect to the W+ code still flow (TediGAN's optimisation); the parameters are frozen.
+    ``channels_last``: NHWC convolution weights. Off by default: faster, but oneDNN's NHWC 3x3
+    convolutions round differently and the 14 instance norms amplify that past the parity tolerance."""
+    generator.eval().requires_grad_(False)
+    synthesis = generator.synthesis
+    synthesis.layer0.fused = True
+    for index in range(1, synthesis.num_layers):
+        synthesis.layer(index).fuse_for_inference()
+    for block in range(synthesis.num_blocks):
+        getattr(synthesis, f"output{block}").fuse_for_inference()
+    if channels_last:
+        with torch.no_grad():
+            for parameter in generator.parameters():
+                if parameter.ndim == 4:
+                    parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+    return generator
 
 
 def load_strict(model: nn.Module, state: dict, what: str) -> None:
