@@ -20,10 +20,11 @@ returns memory to the system, so RSS sees it all). ``tracemalloc`` would miss to
 
 OpenMP wait policy: on a machine with more runnable threads than cores, libgomp's default (spin, then
 sleep) lets a waiting torch thread burn its time slice at every parallel region while its partner is
-descheduled: measured here, a warm 512 px parse took 8 s with 2 threads instead of 0.17 s. The network
-processes therefore run with ``OMP_WAIT_POLICY=PASSIVE`` (``--omp-wait-policy`` to change), reference
-and ours alike; the embedded and batch measurements are reported with the default policy, with PASSIVE,
-and with one thread.
+descheduled: measured here under load 4-5 on 2 cores, a warm 512 px parse took 8 s with 2 threads
+instead of 0.17 s. ``--omp-wait-policy passive`` runs the network processes with
+``OMP_WAIT_POLICY=PASSIVE`` (reference and ours alike: use it on a busy machine); the default keeps
+the inherited environment, what users get. The embedded and batch measurements are reported with the
+default policy, with PASSIVE and with one thread.
 
 Writes ``OUT/performance.json`` and ``OUT/performance.md`` (the table in the README).
 """
@@ -527,8 +528,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", metavar="CASE", help="networks to run (default: all)")
     parser.add_argument("--reference", default="perf_reference", help="module with build_<case> functions")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--omp-wait-policy", choices=("passive", "active", "inherit"), default="passive",
-                        help="OpenMP wait policy of the network timing processes (default passive: see the docstring)")
+    parser.add_argument("--omp-wait-policy", choices=("passive", "active", "inherit"), default="inherit",
+                        help="OpenMP wait policy of the network processes (passive on a busy machine: see the docstring)")
     parser.add_argument("--also-threads", type=int, nargs="*", default=[1], metavar="N",
                         help="time the networks again with N threads (a column of the table; default 1)")
     parser.add_argument("--skip", nargs="+", default=[], choices=SECTIONS)

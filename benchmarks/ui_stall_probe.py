@@ -11,8 +11,8 @@ between two ticks is the longest time the event loop could not react (redraw, mo
 * Face labels widget, Auto-parse with ``faceparse-compact`` on the same photo.
 
 For each, the gaps are split into "worker running" (Run pressed until the worker's result arrives)
-and "result layers added" (the GUI thread builds the new napari layers: that work is in the event
-loop by design). Goal: longest gap < 50 ms. Not a timed test: a measurement (``benchmarks/run.py``
+and "result layers added" (the GUI thread builds the new napari layers and draws them over the next
+1.5 s: that work is in the event loop by design). Goal: longest gap < 50 ms. Not a timed test: a measurement (``benchmarks/run.py``
 calls it and puts the result in the performance table).
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 TICK_MS = 10
+SETTLE_MS = 1500
 TIMEOUT_MS = 300_000
 OUT_ENV = "FACEEDIT_UI_PROBE_OUT"
 REPEATS_ENV = "FACEEDIT_UI_PROBE_REPEATS"
@@ -54,6 +55,31 @@ class TickProbe:
         return [(b - a) * 1000.0 for a, b in zip(times, times[1:])]
 
 
+class CollectorLog:
+    """Durations of Python's garbage collections (any thread), to tell GC pauses from other stalls."""
+
+    def __init__(self):
+        import gc
+
+        self.events: list[tuple[float, float, int]] = []  # (start, seconds, generation)
+        self._start = None
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase, info):
+        now = time.perf_counter()
+        if phase == "start":
+            self._start = now
+        elif self._start is not None:
+            self.events.append((self._start, now - self._start, info["generation"]))
+
+    def longest_ms(self, start: float, end: float) -> float:
+        inside = [seconds for t, seconds, _ in self.events if start <= t <= end]
+        return round(max(inside, default=0.0) * 1000.0, 1)
+
+
+COLLECTOR = None
+
+
 def measure(qtbot, panel, probe: TickProbe) -> dict:
     """Press Run on ``panel`` and split the probe's gaps at the moment the worker's result arrived."""
     marks = {}
@@ -70,8 +96,10 @@ def measure(qtbot, panel, probe: TickProbe) -> dict:
     marks["start"] = time.perf_counter()
     panel.start()
     qtbot.waitUntil(lambda: panel.worker is not None and not panel.running, timeout=TIMEOUT_MS)
+    # napari draws the new layers on later paint events (first draws compile shaders): keep probing so
+    # that this run's drawing is counted here, not during the next run's worker.
+    qtbot.wait(SETTLE_MS)
     marks["done"] = time.perf_counter()
-    qtbot.wait(100)
     probe.stop()
     panel._on_returned = original
     if panel.last_result is None:
@@ -79,6 +107,7 @@ def measure(qtbot, panel, probe: TickProbe) -> dict:
     worker = probe.gaps_ms(marks["start"], marks["returned"])
     layers = probe.gaps_ms(marks["returned"], marks["done"])
     return {"run_s": round(marks["returned"] - marks["start"], 3),
+            "longest_gc_worker_ms": COLLECTOR.longest_ms(marks["start"], marks["returned"]),
             "max_gap_worker_ms": round(max(worker), 1),
             "gaps_over_50ms_worker": sum(g > 50 for g in worker),
             "max_gap_layers_added_ms": round(max(layers), 1),
@@ -103,6 +132,8 @@ def test_event_loop_stalls(make_napari_viewer, qtbot):
     from napari_faceedit.widgets.labels_widget import FaceLabelsWidget
     from napari_faceedit.widgets.task_widgets import RestoreWidget
 
+    global COLLECTOR
+    COLLECTOR = CollectorLog()
     repeats = int(os.environ.get(REPEATS_ENV, "3"))
     photo = np.ascontiguousarray(data.astronaut())
     backends = get_registry().backends
