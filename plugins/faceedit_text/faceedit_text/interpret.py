@@ -698,6 +698,9 @@ def _region_hits(clause: str) -> list[_Hit]:
     components = [(COMPONENT_WORDS[w], s, e, w) for w, s, e in words if w in COMPONENT_WORDS]
     if not components:
         return []
+    # Words of an intensity phrase say how much, not which way ("a tiny bit bigger" grows).
+    intensity_spans = [(m.start(), m.end()) for m in LOW_INTENSITY.finditer(clause)]
+    words = [(w, s, e) for w, s, e in words if not _span_overlaps(s, e, intensity_spans)]
     hits = []
     for component, start, end, word in components:
         def nearest(candidates: set[str]):
