@@ -49,6 +49,57 @@ def write_history(path: os.PathLike | str, config: dict, records: list[dict]) ->
     os.replace(tmp, path)
 
 
+class TrainingLeg:
+    """The bookkeeping of a trainer's step loop: loss averages per logging window, the log / dev /
+    checkpoint cadence, ``--max-minutes`` and the history file. ``save(step)`` writes the checkpoint,
+    ``dev_record(step)`` (optional) returns a dev record. ``args`` supplies ``log_every``,
+    ``dev_every``, ``checkpoint_every`` and ``max_minutes``."""
+
+    def __init__(self, args, total_steps: int, records: list[dict], history_path: os.PathLike | str,
+                 history_config: dict, save, dev_record=None):
+        import time
+
+        self._clock = time.time
+        self.args, self.total_steps, self.records = args, total_steps, records
+        self.history_path, self.history_config = Path(history_path), history_config
+        self.save, self.dev_record = save, dev_record
+        self.started = self._clock()
+        self.window: dict[str, list[float]] = {}
+
+    def add(self, values: dict) -> None:
+        for key, value in values.items():
+            self.window.setdefault(key, []).append(float(value))
+
+    def end_of_step(self, step: int, **fields) -> bool:
+        """Log, evaluate and checkpoint when due (``fields`` go into the train record before the
+        loss averages); True when the leg must stop (schedule done or out of time)."""
+        import numpy as np
+
+        args = self.args
+        out_of_time = bool(args.max_minutes) and (self._clock() - self.started) > args.max_minutes * 60
+        finished = step >= self.total_steps or out_of_time
+        if step % args.log_every == 0 or finished:
+            record = {"step": step, "kind": "train", **fields, "seconds": round(self._clock() - self.started, 1),
+                      **{k: round(float(np.mean(v)), 5) for k, v in self.window.items()}}
+            self.window = {}
+            self.records.append(record)
+            print(" ".join(f"{k}={v}" for k, v in record.items() if k != "kind"), flush=True)
+        if self.dev_record is not None and (step % args.dev_every == 0 or finished):
+            self.records.append(self.dev_record(step))
+        if step % args.checkpoint_every == 0 or finished:
+            self.save(step)
+            write_history(self.history_path, self.history_config, self.records)
+        if out_of_time:
+            print("stopping: --max-minutes reached", flush=True)
+        return finished
+
+    def finish(self, step: int, checkpoint_path: os.PathLike | str) -> None:
+        """A leg that ran no step still leaves a checkpoint; the history is written either way."""
+        if not Path(checkpoint_path).is_file():
+            self.save(step)
+        write_history(self.history_path, self.history_config, self.records)
+
+
 def rng_states(device: Any = "cpu") -> dict:
     """torch (and CUDA), numpy and Python random states in weights-only-loadable form."""
     import numpy as np

@@ -255,3 +255,38 @@ def test_classic_restoration_removes_noise_and_keeps_grayscale(portrait):
     gray = np.repeat(noisy.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
     out = execute(ClassicRestoration, RestoreRequest(image=gray)).image
     assert np.all(out[..., 0] == out[..., 1]) and np.all(out[..., 1] == out[..., 2])
+
+
+def test_training_leg_cadence_time_limit_and_history(tmp_path, capsys):
+    """The loop bookkeeping both trainers share: windows averaged per log line, dev and checkpoints
+    on their cadence and at the end, and --max-minutes stops the leg with a checkpoint."""
+    import json
+    from types import SimpleNamespace
+
+    from napari_faceedit.training import TrainingLeg
+
+    args = SimpleNamespace(log_every=2, dev_every=3, checkpoint_every=4, max_minutes=0)
+    saved, records = [], []
+    leg = TrainingLeg(args, 6, records, tmp_path / "history.json", {"lr": 1}, saved.append,
+                      dev_record=lambda step: {"step": step, "kind": "dev"})
+    stops = []
+    for step in range(1, 7):
+        leg.add({"loss": step})
+        stops.append(leg.end_of_step(step, lr=0.5))
+    assert stops == [False] * 5 + [True]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [(r["step"], r["loss"], r["lr"]) for r in train] == [(2, 1.5, 0.5), (4, 3.5, 0.5), (6, 5.5, 0.5)]
+    assert [r["step"] for r in records if r["kind"] == "dev"] == [3, 6]
+    assert saved == [4, 6]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["config"] == {"lr": 1} and history["records"] == records
+
+    # Out of time: the next step logs, evaluates, checkpoints and says it stops.
+    args.max_minutes = 1
+    leg = TrainingLeg(args, 100, [], tmp_path / "history2.json", {}, saved.append)
+    leg._clock = lambda: leg.started + 61
+    leg.add({"loss": 1.0})
+    assert leg.end_of_step(7) is True
+    assert saved[-1] == 7 and "--max-minutes reached" in capsys.readouterr().out
+    leg.finish(7, tmp_path / "missing.pt")  # no checkpoint file yet: one is written
+    assert saved[-1] == 7 and len(saved) == 4

@@ -26,15 +26,13 @@ import hashlib
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_faceedit.training import (CheckpointError, read_training_checkpoint, save_atomically,
-                                       write_history)
+from napari_faceedit.training import CheckpointError, TrainingLeg, read_training_checkpoint, save_atomically
 
 from . import losses
 from .data import DEV_CELEBA, DEV_CELEBAMASK, Batch, dev_batches, load_sources, sample_batch
@@ -405,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         print("dev", json.dumps(record), flush=True)
         return record
 
-    started = time.time()
-    window: dict[str, list[float]] = {}
+    leg = TrainingLeg(args, total_steps, records, history_path, history_config, save,
+                      dev_record if dev_sets else None)
     G.train()
     D.train()
     while step < total_steps:
@@ -423,29 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         values = train_step(G, D, g_opt, d_opt, feature_net, batch, condition, mix, resolution, alpha, config)
         update_ema(G_ema, G, config["ema_decay"], step)
         step += 1
-        for k, v in values.items():
-            window.setdefault(k, []).append(v)
-
-        out_of_time = args.max_minutes and (time.time() - started) > args.max_minutes * 60
-        finished = step == total_steps or out_of_time
-        if step % args.log_every == 0 or finished:
-            record = {"step": step, "kind": "train", "resolution": resolution, "alpha": round(alpha, 4),
-                      "batch": batch_size, "seconds": round(time.time() - started, 1),
-                      **{k: round(float(np.mean(v)), 5) for k, v in window.items()}}
-            window = {}
-            records.append(record)
-            print(" ".join(f"{k}={v}" for k, v in record.items() if k != "kind"), flush=True)
-        if dev_sets and (step % args.dev_every == 0 or finished):
-            records.append(dev_record(step))
-        if step % args.checkpoint_every == 0 or finished:
-            save(step)
-            write_history(history_path, history_config, records)
-        if out_of_time:
-            print("stopping: --max-minutes reached", flush=True)
+        leg.add(values)
+        if leg.end_of_step(step, resolution=resolution, alpha=round(alpha, 4), batch=batch_size):
             break
-    if step == 0 or not checkpoint_path.is_file():
-        save(step)
-    write_history(history_path, history_config, records)
+    leg.finish(step, checkpoint_path)
 
     if args.export:
         source = G_ema

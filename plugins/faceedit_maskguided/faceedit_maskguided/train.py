@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +50,8 @@ from torch import nn
 
 from napari_faceedit import label_edits
 from napari_faceedit.synthesis import with_components
-from napari_faceedit.training import (CheckpointError, celebamask_training_folder, read_training_checkpoint,
-                                       save_atomically, write_history)
+from napari_faceedit.training import (CheckpointError, TrainingLeg, celebamask_training_folder,
+                                       read_training_checkpoint, save_atomically)
 from napari_faceedit.vocab import CELEBAMASK_TO_HELEN, FLIP_PERMUTATION, MAJOR_CLASSES, N_CLASSES
 
 from . import preprocess as pp
@@ -646,8 +645,8 @@ def _train(args: argparse.Namespace) -> int:
         print("dev", json.dumps(record), flush=True)
         return record
 
-    started = time.time()
-    window: dict[str, list[float]] = {}
+    leg = TrainingLeg(args, config["steps"], records, history_path, history_config, save,
+                      dev_record if dev_faces else None)
     model.train()
     image_decoders.train()
     D.train()
@@ -661,30 +660,10 @@ def _train(args: argparse.Namespace) -> int:
                  for c in COMPONENTS}
         values = train_step(model, image_decoders, D, parser, g_opt, d_opt, batch, noise, config)
         step += 1
-        for k, v in values.items():
-            window.setdefault(k, []).append(v)
-        window.setdefault("same_share", []).append(float(batch.is_same.float().mean()))
-
-        out_of_time = args.max_minutes and (time.time() - started) > args.max_minutes * 60
-        finished = step == config["steps"] or out_of_time
-        if step % args.log_every == 0 or finished:
-            record = {"step": step, "kind": "train", "lr": learning_rate(config, step - 1),
-                      "seconds": round(time.time() - started, 1),
-                      **{k: round(float(np.mean(v)), 5) for k, v in window.items()}}
-            window = {}
-            records.append(record)
-            print(" ".join(f"{k}={v}" for k, v in record.items() if k != "kind"), flush=True)
-        if dev_faces and (step % args.dev_every == 0 or finished):
-            records.append(dev_record(step))
-        if step % args.checkpoint_every == 0 or finished:
-            save(step)
-            write_history(history_path, history_config, records)
-        if out_of_time:
-            print("stopping: --max-minutes reached", flush=True)
+        leg.add({**values, "same_share": float(batch.is_same.float().mean())})
+        if leg.end_of_step(step, lr=learning_rate(config, step - 1)):
             break
-    if not checkpoint_path.is_file():
-        save(step)
-    write_history(history_path, history_config, records)
+    leg.finish(step, checkpoint_path)
 
     if args.export:
         source = model
