@@ -136,7 +136,7 @@ def predict(model: nn.Module, image: np.ndarray, flip_tta: bool = False,
     from napari_faceedit.vocab import FLIP_PERMUTATION
 
     h, w = image.shape[:2]
-    x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None])
+    x = normalize(torch.tensor(np.asarray(image))[None])  # a copy: the caller's array may be read-only
     permutation = torch.from_numpy(FLIP_PERMUTATION)
     model.eval()
     total = None
