@@ -123,7 +123,7 @@ def available_backends(weights: Path | None) -> tuple[dict, dict[str, str]]:
     backends = {"classic-synthesize": (ClassicSynthesis(), {}, {})}
     skipped = {}
     try:
-        from faceedit_maskguided.learned import LearnedMaskGuided
+        from faceedit_maskguided.compact_backend import LearnedMaskGuided
 
         # Reconstruction is the model's own whole render; by default edits re-draw only near changed labels.
         learned_params = ({}, {"redraw": "face"})

@@ -388,14 +388,16 @@ def batch_throughput(count: int, configurations: list[tuple[str, int | None, str
 
 
 # ---------------------------------------------------------------------------------------- UI probe
-def ui_probe(timeout: float) -> dict:
+def ui_probe(timeout: float, garbage_collector: str = "freeze") -> dict:
+    """``garbage_collector``: "freeze" (start-up objects frozen, as ``faceedit gui``) or "plain"."""
     script = HERE / "ui_stall_probe.py"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ui.json"
         command = [sys.executable, str(script), "--out", str(out)]
         if not os.environ.get("DISPLAY") and shutil.which("xvfb-run"):
             command = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"] + command
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        env = {**os.environ, "FACEEDIT_UI_PROBE_GC": garbage_collector}
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         if not out.exists():
             return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:400]}
         return json.loads(out.read_text())
@@ -494,13 +496,15 @@ def markdown(report: dict) -> str:
     if batch and "runs" in batch:
         for label, value in batch["runs"].items():
             lines.append(f"| batch: {batch['task']}, {label} | {value['wall_s']:.1f} s ({value['faces_per_s']:.2f} images/s) |")
-    ui = report.get("ui")
-    if ui and "runs" in ui:
+    for ui in (report.get("ui"), report.get("ui_plain_gc")):
+        if not ui or "runs" not in ui:
+            continue
+        collector = "" if ui is report.get("ui") else ", garbage collector not frozen"
         for label, value in ui["runs"].items():
-            lines.append(f"| napari, {label}: longest event-loop stall while the worker runs (10 ms QTimer "
-                         f"probe) | {value['max_gap_worker_ms']:.0f} ms (goal < 50 ms) |")
-            lines.append(f"| napari, {label}: longest stall while the result layers are added (GUI thread) | "
-                         f"{value['max_gap_layers_added_ms']:.0f} ms |")
+            lines.append(f"| napari, {label}{collector}: longest event-loop stall while the worker runs (10 ms "
+                         f"QTimer probe) | {value['max_gap_worker_ms']:.0f} ms (goal < 50 ms) |")
+            lines.append(f"| napari, {label}{collector}: longest stall while the result layers are added "
+                         f"(GUI thread) | {value['max_gap_layers_added_ms']:.0f} ms |")
     return "\n".join(lines) + "\n"
 
 
@@ -625,6 +629,8 @@ def main(argv=None) -> int:
     if "ui" not in args.skip:
         report["ui"] = ui_probe(timeout=1800)
         print("ui", json.dumps(report["ui"]), flush=True)
+        report["ui_plain_gc"] = ui_probe(timeout=1800, garbage_collector="plain")
+        print("ui_plain_gc", json.dumps(report["ui_plain_gc"]), flush=True)
     report["load_average_1m"].append(load_average())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "performance.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -11,7 +11,12 @@ parameters, progress, cancel, models, a face parse) comes through the :class:`Ru
 from __future__ import annotations
 
 import enum
+import functools
+import importlib.util
+import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import numpy as np
@@ -198,6 +203,8 @@ class FaceBackend(Backend):
 
 
 def available_torch_devices() -> list[str]:
+    if "torch" not in sys.modules and _torch_is_cpu_only_build():
+        return ["cpu"]  # nothing to ask torch: spare listing backends its ~1 s import
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency, but stay usable without it
@@ -208,3 +215,19 @@ def available_torch_devices() -> list[str]:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         devices.append("mps")
     return devices
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_is_cpu_only_build() -> bool:
+    """True when the installed torch can only see the CPU here: built without CUDA and ROCm
+    (its version.py, read without importing torch) and not on macOS (MPS). False when unsure."""
+    if sys.platform == "darwin":
+        return False
+    try:
+        spec = importlib.util.find_spec("torch")
+        folder = next(iter(spec.submodule_search_locations or ())) if spec else None
+        text = (Path(folder) / "version.py").read_text(encoding="utf-8") if folder else ""
+    except (OSError, ImportError, ValueError):
+        return False
+    values = dict(re.findall(r"^(cuda|hip)\b[^=\n]*=\s*(\S.*?)\s*$", text, re.MULTILINE))
+    return values.get("cuda") == "None" and values.get("hip") == "None"

@@ -36,7 +36,8 @@ def checkpoint(run):
 
 
 def test_train_resume_export_and_render_through_the_pipeline(tmp_path, capsys):
-    from faceedit_maskguided.learned import LearnedMaskGuided, load_exported
+    from faceedit_maskguided.compact_backend import LearnedMaskGuided
+    from faceedit_maskguided.learned import load_exported
     from faceedit_maskguided.train import BEST_NAME, HISTORY_NAME, main
 
     from napari_faceedit.label_edits import widen_mouth
@@ -132,7 +133,7 @@ def test_crafted_pickle_given_to_resume_is_refused_unread(tmp_path, capsys):
 
 
 def test_the_test_split_is_refused_and_the_bundled_file_is_reported_when_missing():
-    from faceedit_maskguided.learned import COMPACT_FILE, LearnedMaskGuided
+    from faceedit_maskguided.compact_backend import COMPACT_FILE, LearnedMaskGuided
     from napari_faceedit.training import celebamask_training_folder
 
     with pytest.raises(ValueError, match="test set"):

@@ -93,39 +93,61 @@ class InputInfo:
         return cls(layer.name, tuple(layer.scale), tuple(layer.translate))
 
 
-def add_result_layers(viewer, result: Result, source: InputInfo, task: str, backend: str) -> list:
-    """Add a result as new layers named after input, task and backend; never touches existing layers."""
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer to add: ``viewer.add_<kind>(data, **kwargs)``."""
+
+    kind: str  # "image", "labels", "points" or "shapes"
+    data: Any
+    kwargs: dict
+
+    def add_to(self, viewer):
+        return getattr(viewer, f"add_{self.kind}")(self.data, **self.kwargs)
+
+
+def result_layer_specs(result: Result, source: InputInfo, task: str, backend: str) -> list[LayerSpec]:
+    """The layers showing a result, named after input, task and backend, with all their data computed.
+    Runs in the worker thread, so that the GUI thread only adds layers (never touches existing ones)."""
     provenance = result.provenance.to_dict() if result.provenance else {}
     base = f"{source.name} · {task} · {backend}"
     common = dict(scale=source.scale, translate=source.translate, metadata={PROVENANCE_KEY: provenance})
-    added = []
+    specs = []
     if result.image is not None:
-        added.append(viewer.add_image(result.image, name=base, rgb=True, **common))
+        specs.append(LayerSpec("image", result.image, dict(name=base, rgb=True, **common)))
     if result.labels is not None:
+        labels = np.asarray(result.labels).astype(np.uint8)
         kwargs = face_labels_kwargs(base + " labels")
         kwargs["metadata"] = {**kwargs["metadata"], **common["metadata"]}
         if task == "parse":
-            kwargs["metadata"][PARSED_LABELS_KEY] = np.asarray(result.labels).astype(np.uint8).copy()
+            kwargs["metadata"][PARSED_LABELS_KEY] = labels.copy()
         kwargs.update(scale=source.scale, translate=source.translate)
-        added.append(viewer.add_labels(np.asarray(result.labels).astype(np.uint8), **kwargs))
+        specs.append(LayerSpec("labels", labels, kwargs))
     for key, array in result.extras.items():
         array = np.asarray(array)
         meta = {PROVENANCE_KEY: provenance}
         if key == "landmarks" and array.ndim == 3 and array.shape[-1] == 2:  # (faces, 5, x/y) -> napari (y, x)
             points = array.reshape(-1, 2)[:, ::-1]
             face = np.repeat(np.arange(len(array)), array.shape[1])
-            added.append(viewer.add_points(points, name=f"{base} landmarks", size=4, face_color="yellow",
-                                           features={"face": face}, scale=source.scale,
-                                           translate=source.translate, metadata=meta))
+            specs.append(LayerSpec("points", points, dict(
+                name=f"{base} landmarks", size=4, face_color="yellow", features={"face": face},
+                scale=source.scale, translate=source.translate, metadata=meta)))
         elif key == "boxes" and array.ndim == 2 and array.shape[1] == 4:  # (faces, x0 y0 x1 y1)
             rectangles = [np.array([[y0, x0], [y1, x1]]) for x0, y0, x1, y1 in array]
-            added.append(viewer.add_shapes(rectangles, shape_type="rectangle", name=f"{base} faces",
-                                           edge_color="yellow", face_color="transparent", edge_width=2,
-                                           scale=source.scale, translate=source.translate, metadata=meta))
+            specs.append(LayerSpec("shapes", rectangles, dict(
+                shape_type="rectangle", name=f"{base} faces", edge_color="yellow", face_color="transparent",
+                edge_width=2, scale=source.scale, translate=source.translate, metadata=meta)))
         elif array.dtype == np.uint8 and array.ndim in (3, 4) and array.shape[-1] == 3:
             # Crops (N, S, S, 3) or another photo; an upscaled photo is shown over the input at its size.
             factor = array.shape[0] / result.image.shape[0] if (array.ndim == 3 and result.image is not None) else 1.0
             scale = tuple(s / factor for s in source.scale) if array.ndim == 3 else None
-            added.append(viewer.add_image(array, name=f"{base} {key}", rgb=True, metadata=meta, visible=False,
-                                          **({"scale": scale, "translate": source.translate} if scale else {})))
-    return added
+            specs.append(LayerSpec("image", array, dict(
+                name=f"{base} {key}", rgb=True, metadata=meta, visible=False,
+                **({"scale": scale, "translate": source.translate} if scale else {}))))
+    for spec in specs:
+        if "features" in spec.kwargs:
+            # napari keeps features as a pandas table: build it here, so that pandas' first import
+            # (~0.3 s) and the conversion happen in the worker, not in the GUI thread.
+            import pandas as pd
+
+            spec.kwargs["features"] = pd.DataFrame({k: np.asarray(v) for k, v in spec.kwargs["features"].items()})
+    return specs

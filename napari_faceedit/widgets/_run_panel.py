@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget,
 )
@@ -12,7 +12,7 @@ from qtpy.QtWidgets import (
 from ..registry import get_registry
 from ..runner import execute, failure_message
 from ..tasks import Request, Result, Task
-from ._layers import InputInfo, add_result_layers
+from ._layers import InputInfo, result_layer_specs
 
 # A request factory runs in the GUI thread when Run is pressed: it reads the layers and
 # parameters *then*, so later selection changes cannot redirect the run.
@@ -42,6 +42,9 @@ class RunPanel(QWidget):
         self.last_result: Optional[Result] = None
         self.last_error: Optional[str] = None
         self._cancel_event = threading.Event()
+        self._pending_layers: list = []  # a result's layers not added yet (added one per event-loop turn)
+        self._added_layers: list = []
+        self._worker_done = True
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._on_progress)
 
@@ -187,14 +190,17 @@ class RunPanel(QWidget):
         relay = self._relay
 
         def work():
-            return execute(backend, request, relay.progressed.emit, cancel_event.is_set)
+            result = execute(backend, request, relay.progressed.emit, cancel_event.is_set)
+            specs = result_layer_specs(result, source, self.task.value, backend.name) if result is not None else []
+            return result, specs
 
         self.worker = worker = create_worker(work, _start_thread=False, _connect={
-            "returned": lambda result: self._on_returned(result, source, backend.name),
+            "returned": lambda returned: self._on_returned(*returned),
             "errored": self._on_errored,
             "finished": self._on_finished,
         })
         self._set_running(True)
+        self._worker_done = False
         self.last_error = None
         self.status.setText(f"Running {backend.name} on '{source.name}'…")
         self.progress_bar.setRange(0, 0)  # busy until the backend reports steps
@@ -212,15 +218,35 @@ class RunPanel(QWidget):
         if message:
             self.status.setText(message)
 
-    def _on_returned(self, result: Optional[Result], source: InputInfo, backend_name: str) -> None:
+    def _on_returned(self, result: Optional[Result], layer_specs: list) -> None:
         self.last_result = result
         if result is None:
             self.status.setText("Cancelled: nothing was changed.")
-        else:
-            layers = add_result_layers(self.viewer, result, source, self.task.value, backend_name)
-            took = result.provenance.wall_time_s if result.provenance else 0.0
-            self.status.setText(f"Done in {took:.1f} s: added {', '.join(repr(l.name) for l in layers)}")
+            self.run_finished.emit(result)
+            return
+        self._pending_layers = list(layer_specs)
+        self._added_layers = []
+        self._add_next_layer()
+
+    def _add_next_layer(self) -> None:
+        # napari takes 50-100 ms to add one layer (its controls, visuals, events): one per event-loop
+        # turn lets the window redraw in between. The run counts as running until the last is added.
+        if self._pending_layers:
+            try:
+                self._added_layers.append(self._pending_layers.pop(0).add_to(self.viewer))
+            except Exception:
+                self._pending_layers = []
+                self._finish_if_done()
+                raise
+        if self._pending_layers:
+            # 1 ms, not 0: a zero timer can run before the paint and timer events already due.
+            QTimer.singleShot(1, self._add_next_layer)
+            return
+        result = self.last_result
+        took = result.provenance.wall_time_s if result.provenance else 0.0
+        self.status.setText(f"Done in {took:.1f} s: added {', '.join(repr(l.name) for l in self._added_layers)}")
         self.run_finished.emit(result)
+        self._finish_if_done()
 
     def _on_errored(self, exc: Exception) -> None:
         from napari.utils.notifications import show_error
@@ -232,6 +258,12 @@ class RunPanel(QWidget):
         self.run_finished.emit(None)
 
     def _on_finished(self) -> None:
+        self._worker_done = True
+        self._finish_if_done()
+
+    def _finish_if_done(self) -> None:
+        if not self._worker_done or self._pending_layers:
+            return
         self._set_running(False)
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1 if self.last_result is not None else 0)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-from skimage.restoration import inpaint_biharmonic
+from scipy import ndimage  # the core imports it anyway; skimage loads where used (listing backends)
 
 from napari_faceedit.backend import Backend, RunContext
 from napari_faceedit.tasks import CompleteRequest, Result, Task
@@ -119,6 +118,8 @@ def mirror_error(image: np.ndarray, known: np.ndarray, hole: np.ndarray, axis: M
 
 def biharmonic_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """Biharmonic inpainting of ``hole`` solved per hole, on a crop with context around it."""
+    from skimage.restoration import inpaint_biharmonic
+
     out = image.astype(np.float64) / 255.0
     regions, count = ndimage.label(hole)
     for region in ndimage.find_objects(regions):

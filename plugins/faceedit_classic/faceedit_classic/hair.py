@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-from skimage.color import lab2rgb, rgb2lab
+from scipy import ndimage  # the core imports it anyway; skimage loads where used (listing backends)
 
 from napari_faceedit.backend import Backend, RunContext
 from napari_faceedit.tasks import EditAttributesRequest, Result, Task
@@ -36,6 +35,8 @@ def recolor_hair(image: np.ndarray, hair_mask: np.ndarray, target: str, strength
     """Recolour the pixels of ``hair_mask``: L* is shifted/scaled to the target mean (texture kept),
     a*/b* move to the target chroma with the original chroma variation damped. Blended by a
     feathered mask times ``strength``; pixels outside the feathered mask are untouched."""
+    from skimage.color import lab2rgb, rgb2lab
+
     mean_l, mean_a, mean_b, contrast = HAIR_TARGETS[target]
     lab = rgb2lab(image)
     hair = hair_mask.astype(bool)

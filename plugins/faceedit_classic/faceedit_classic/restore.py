@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from skimage.color import lab2rgb, rgb2lab
-from skimage.filters import unsharp_mask
-from skimage.restoration import denoise_nl_means, estimate_sigma
 
 from napari_faceedit.backend import Backend, RunContext
 from napari_faceedit.params import Param
@@ -13,6 +10,11 @@ from napari_faceedit.tasks import RestoreRequest, Result, Task, is_grayscale
 
 def denoise_sharpen(image: np.ndarray, sharpen_amount: float = 0.8, progress=None, check=None) -> tuple[np.ndarray, str]:
     """Denoise with NL-means at the estimated noise level, then sharpen luminance only (no colour fringes)."""
+    # Imported here: skimage.restoration pulls in scipy.stats (~0.3 s), which listing backends must not pay.
+    from skimage.color import lab2rgb, rgb2lab
+    from skimage.filters import unsharp_mask
+    from skimage.restoration import denoise_nl_means, estimate_sigma
+
     gray = is_grayscale(image)
     data = image.astype(np.float64) / 255.0
     sigma = float(np.mean(estimate_sigma(data, channel_axis=-1)))

@@ -27,10 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import numpy as np
-from scipy import ndimage, sparse
-from scipy.sparse.linalg import splu
-from skimage.color import lab2rgb, rgb2lab
-from skimage.measure import find_contours
+from scipy import ndimage  # the core imports it anyway; skimage and scipy.sparse load where used (listing backends)
 
 from napari_faceedit.label_edits import COMPONENT_PARTS, COMPONENTS, swap_component, validate_labels
 from napari_faceedit.synthesis import LabelSynthesisBackend
@@ -139,6 +136,8 @@ class LabColorTransfer:
         return cls(source.mean(0), source.std(0) + 1e-3, target.mean(0), target.std(0) + 1e-3)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        from skimage.color import lab2rgb
+
         # Lightness contrast is matched (within limits); chroma is only shifted, because scaling it
         # swings shadowed pixels far from the class mean into odd hues.
         ratio = np.clip(self.target_std[0] / self.source_std[0], 2.0 / 3.0, 1.5)
@@ -152,6 +151,8 @@ class LabColorTransfer:
 
 
 def _to_lab(rgb: np.ndarray) -> np.ndarray:
+    from skimage.color import rgb2lab
+
     return rgb2lab(np.clip(rgb, 0, 255)[None] / 255.0)[0]
 
 
@@ -199,6 +200,8 @@ def outline_points(mask: np.ndarray, count: int = CONTOUR_POINTS) -> Optional[np
     """``count`` (row, col) points evenly spaced along the outline of the mask's largest blob,
     counter-clockwise on screen, starting level with its centre on the image-right side, so that two
     similar shapes get corresponding points. None if the mask is empty."""
+    from skimage.measure import find_contours
+
     blobs, n = ndimage.label(mask)
     if n == 0:
         return None
@@ -259,6 +262,9 @@ def _grid_edges(unknown: np.ndarray, domain: np.ndarray):
 def _solve_on_grid(index: np.ndarray, edges, rhs: np.ndarray, extra_diagonal: np.ndarray) -> np.ndarray:
     """Solve (L + diag(extra_diagonal)) x = rhs, L the graph Laplacian of ``edges`` (from ``_grid_edges``);
     ``rhs`` must already hold the guidance and the values of neighbours that are not unknowns."""
+    from scipy import sparse
+    from scipy.sparse.linalg import splu
+
     n = len(rhs)
     diagonal = np.asarray(extra_diagonal, dtype=np.float64).copy()
     entries_i, entries_j = [], []

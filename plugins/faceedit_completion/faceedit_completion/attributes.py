@@ -10,11 +10,14 @@ unknown, are all 0.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from napari_faceedit.vocab import CELEBA_ATTRIBUTES
+
+if TYPE_CHECKING:  # torch is imported where used: the backend listing imports this module
+    import torch
 
 # Attributes whose evidence lies in the parts a user typically completes (mouth, eyes, brows, nose,
 # make-up) plus the two global ones the paper shows (Male) and that shape the whole face (Young).
@@ -59,6 +62,8 @@ def attribute_vector(attributes: Mapping[str, float] | None = None) -> np.ndarra
 
 def attribute_tensor(attributes: Mapping[str, float] | None = None, device=None) -> torch.Tensor:
     """Like :func:`attribute_vector`, as a (1, N_ATTRIBUTES) tensor."""
+    import torch
+
     vector = torch.from_numpy(attribute_vector(attributes))[None]
     return vector if device is None else vector.to(device)
 

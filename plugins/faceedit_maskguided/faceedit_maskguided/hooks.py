@@ -11,7 +11,7 @@ def faceedit_parity_models():
 @hookimpl
 def faceedit_backends():
     from .backend import MaskGuidedEditing
-    from .learned import LearnedMaskGuided
+    from .compact_backend import LearnedMaskGuided
 
     return [MaskGuidedEditing, LearnedMaskGuided]
 

@@ -20,7 +20,6 @@ instead of two, 32 feature channels per component instead of 256, and G with 16 
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -29,14 +28,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from napari_faceedit.backend import RunContext
-from napari_faceedit.params import Param
-from napari_faceedit.synthesis import LabelSynthesisBackend, with_components
+from napari_faceedit.synthesis import with_components
 
 from . import preprocess as pp
+from .compact_backend import COMPACT_FILE, REDRAW_MODES
 from .model import COMPONENTS, DecoderBlock, EncoderBlock, MaskGuidedGenerator
 
-COMPACT_FILE = "maskguided_compact.pt"
 FEATURE_SIZE = pp.IMAGE_SIZE // pp.FEATURE_STRIDE  # 64
 # Spatial size of each component's feature map (the authors' sizes: G places them on 64x64 maps).
 FEATURE_MAP_SIZE = {"left_eye": (8, 12), "right_eye": (8, 12), "mouth": (20, 36), "skin": (64, 64),
@@ -270,7 +267,6 @@ def render_layout(model: CompactMaskGuided, features: dict[str, torch.Tensor], l
                          _batch(background_image, device), _batch(pp.background_mask(layout.labels)[None], device))
 
 
-REDRAW_MODES = ("changed", "face")
 # redraw="changed": the render replaces pixels within this many px of a changed label, easing back
 # to the input's own pixels over the next FEATHER px (pixels beyond are the input's, bit for bit).
 REDRAW_MARGIN = 6
@@ -340,56 +336,3 @@ def transfer(model: CompactMaskGuided, image: np.ndarray, labels19: np.ndarray, 
         changed = (np.asarray(labels19) != target19) | np.isin(labels19, taken) | np.isin(target19, taken)
         rendered = blend_changed(image, rendered, changed)
     return rendered, np.asarray(target19)
-
-
-# ------------------------------------------------------------------------------------------------ backend
-class LearnedMaskGuided(LabelSynthesisBackend):
-    """Mask-guided editing with our own compact model (trained here, shipped in the plugin)."""
-
-    name = "maskguided-compact"
-    version = "1"
-    description = ("Our compact mask-guided portrait editing model (the design of Gu et al., CVPR 2019, trained "
-                   "here on CelebAMask-HQ): renders the face in your edited label layout with its own eyes, mouth, "
-                   "skin and hair appearance; takes eyes, mouth, skin or hair from another face. Embedded, no "
-                   "download.")
-    limitations = ("A small model trained on 700 faces: renders are soft and lose fine texture (by default only "
-                   "the pixels near the changed labels are re-drawn). 256 px faces; brows and nose belong to its "
-                   "skin code and cannot be taken alone; ears, neck and accessories count as background.")
-    uses_torch = True
-    # Below classic-synthesize (priority 0): on held-out faces it does not beat the classical
-    # backend yet (benchmarks/results/synthesize_eval.md).
-    priority = -10
-    bundled = (COMPACT_FILE,)
-    parameters = (Param("redraw", "changed", "re-draw only the pixels near changed labels (changed) or the whole "
-                        "face as the paper does (face)", choices=REDRAW_MODES),)
-
-    def __init__(self):
-        self._model: Optional[CompactMaskGuided] = None  # injected model (tests, fresh training exports)
-
-    @classmethod
-    def from_model(cls, model: CompactMaskGuided) -> "LearnedMaskGuided":
-        """A backend around an already built model (a training export, a test network)."""
-        backend = cls()
-        backend._model = model.eval()
-        backend.ready = lambda: (True, "ready (model supplied by the caller)")  # type: ignore[method-assign]
-        return backend
-
-    @classmethod
-    def from_file(cls, path) -> "LearnedMaskGuided":
-        """A backend around an exported file (``faceedit train maskguided --export PATH``)."""
-        model, _ = load_exported(Path(path))
-        return cls.from_model(model)
-
-    def load(self, ctx: RunContext) -> None:
-        if self._model is not None:
-            self.model = self._model.to(ctx.device)
-        else:
-            self.model = ctx.load_bundled(COMPACT_FILE, CompactMaskGuided)
-
-    def render(self, image, labels, target_labels, ctx):
-        ctx.check()
-        return render(self.model, image, labels, target_labels, ctx.params["redraw"])
-
-    def transfer(self, image, labels, donor_image, donor_labels, components, ctx):
-        ctx.check()
-        return transfer(self.model, image, labels, donor_image, donor_labels, components, ctx.params["redraw"])

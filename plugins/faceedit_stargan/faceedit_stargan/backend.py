@@ -22,7 +22,7 @@ from napari_faceedit.params import Param
 from napari_faceedit.tasks import EditAttributesRequest, Task
 from napari_faceedit.vocab import check_attributes
 
-from .model import CELEBA_ATTRIBUTES_5, HAIR_COLORS_5, NORM_MODES
+from .attributes import CELEBA_ATTRIBUTES_5, HAIR_COLORS_5, NORM_MODES
 UNKNOWN_SOURCE = 0.5
 PASTE_FEATHER = 0.05  # extra blur of our already feathered mask, as a fraction of the crop
 

@@ -31,9 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORM_MODES = ("instance", "running")
-CELEBA_ATTRIBUTES_5 = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
-HAIR_COLORS_5 = ("Black_Hair", "Blond_Hair", "Brown_Hair")
+from .attributes import CELEBA_ATTRIBUTES_5, HAIR_COLORS_5, NORM_MODES  # noqa: F401 (re-exported)
 
 
 class StarInstanceNorm(nn.Module):
