@@ -46,6 +46,7 @@ from skimage.metrics import structural_similarity
 from faceedit_classic.complete import ClassicCompletion
 from faceedit_completion.attributes import SUPPORTED_ATTRIBUTES
 from faceedit_completion.backend import ProgressiveCompletion
+from faceedit_completion.data import DEV_CELEBAMASK
 from faceedit_completion.holes import random_rectangle, random_strokes
 from faceedit_completion.model import generator_for_state, load_generator
 from faceedit_completion.train import export_generator
@@ -60,6 +61,7 @@ from napari_faceedit.tasks import LUMA_WEIGHTS, CompleteRequest
 
 REPO = Path(__file__).resolve().parents[1]
 VAL = REPO.parent / "shared" / "data" / "celebamask_hq" / "val"
+TRAIN = REPO.parent / "shared" / "data" / "celebamask_hq" / "train"
 GRID_PATH = REPO / "benchmarks" / "results" / "completion_grid.png"
 BLANK_GREY = 128  # what the hole is set to before either backend sees the image
 HOLE_TYPES = ("rectangle", "strokes", "eyes", "nose", "mouth")
@@ -257,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="writes OUT.json and OUT.md")
     p.add_argument("--grid", type=Path, default=GRID_PATH)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("val", "dev"), default="val",
+                   help="val: the held-apart faces (the figures); dev: the trainer's dev split (the last "
+                        f"{DEV_CELEBAMASK} CelebAMask-HQ train pairs by name), for choices")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # the machine is shared; one thread is also what the CLI uses
     started = time.perf_counter()
@@ -273,13 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     measurable = [a for a in SUPPORTED_ATTRIBUTES if a in CLASSIFIER_ATTRIBUTES]
     run = Runner()
 
-    image_paths = sorted((VAL / "images").glob("*.jpg"))[: args.faces]
+    folder = VAL if args.split == "val" else TRAIN
+    image_paths = sorted((folder / "images").glob("*.jpg"))
+    image_paths = (image_paths if args.split == "val" else image_paths[-DEV_CELEBAMASK:])[: args.faces]
     per_type: dict[str, list[dict]] = {t: [] for t in HOLE_TYPES}
     attribute_probabilities: dict[str, dict[str, list]] = {region: {} for region in ATTRIBUTE_REGIONS}
     original_probabilities, no_landmarks, grid_rows = [], [], []
     for number, image_path in enumerate(image_paths):
         image = io.imread(image_path)
-        labels = io.imread(VAL / "masks" / (image_path.stem + ".png"))
+        labels = io.imread(folder / "masks" / (image_path.stem + ".png"))
         rng = np.random.default_rng([args.seed, number])
         for hole_type, hole in evaluation_holes(labels, rng).items():
             holed = blanked(image, hole)
@@ -338,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
 
     stage = generator.trained_stage()
     results = {
-        "faces": {"set": "celebamask_hq/val (256 px; never used for training or model selection)",
+        "faces": {"set": ("celebamask_hq/val (256 px; never used for training or model selection)" if args.split == "val"
+                          else f"dev: the last {DEV_CELEBAMASK} celebamask_hq/train pairs (the trainer's dev split; for choices)"),
+                  "split": args.split,
                   "count": len(image_paths), "names": [p.stem for p in image_paths]},
         "weights": {"given": str(args.weights), "origin": weights_origin,
                     "sha256": weights_sha256,
@@ -380,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(results: dict) -> str:
     w, f = results["weights"], results["faces"]
-    lines = [f"# Face completion: learned vs classical ({f['count']} celebamask_hq/val faces)", "",
+    lines = [f"# Face completion: learned vs classical ({f['count']} faces, {f['set']})", "",
              f"Generator: {w['origin']} (trained stage {w['trained_stage_px']} px, alpha {w['trained_stage_alpha']}; "
              f"sha256 {w['sha256'][:12]}). Hole blanked to grey {results['protocol']['blank_grey']} for both; "
              "classical gets no labels. Both via `runner.execute`.",

@@ -163,6 +163,22 @@ def test_training_runs_and_resumes(tmp_path, capsys):
     assert half["head.weight"].dtype == torch.float16
 
 
+def test_training_holds_out_a_dev_split(tmp_path, capsys):
+    from faceedit_parsing.train import CHECKPOINT_NAME, main
+
+    data = _tiny_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--data", str(data), "--out", str(run), "--batch", "2", "--crop", "64", "--cache", "",
+              "--ckpt-every", "1", "--log-every", "1", "--warmup", "1", "--steps", "1"]
+    total = len(list((data / "images").iterdir()))
+    assert main(common + ["--dev", "2"]) == 0
+    assert f"{total - 2} training pairs" in capsys.readouterr().out
+    record = torch.load(run / CHECKPOINT_NAME, weights_only=True)["history"][-1]
+    assert set(record) >= {"dev_major_miou", "dev_all_miou"} and "val_major_miou" not in record
+    assert main(common + ["--dev", str(total)]) == 2  # nothing left to train on
+    assert "pairs" in capsys.readouterr().err
+
+
 def test_parser_trainer_is_exposed_through_the_hook():
     from faceedit_parsing import hooks
 

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage  # the core imports it anyway; skimage and scipy.sparse load where used (listing backends)
 
 from napari_faceedit.label_edits import COMPONENT_PARTS, COMPONENTS, swap_component, validate_labels
+from napari_faceedit.poisson import grid_edges, solve_on_grid
 from napari_faceedit.synthesis import LabelSynthesisBackend
 from napari_faceedit.tasks import as_rgb_uint8
 from napari_faceedit.vocab import CLASS_INDEX, N_CLASSES
@@ -243,44 +244,6 @@ def _inner_border(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=1)
 
 
-def _grid_edges(unknown: np.ndarray, domain: np.ndarray):
-    """The pixels of ``unknown`` (rows, cols, and an index map: -1 elsewhere) and, per direction, their
-    4-neighbour edges that stay inside ``domain``: (edge's pixel number, neighbour row, neighbour col)."""
-    index = np.full(unknown.shape, -1, dtype=np.int64)
-    index[unknown] = np.arange(int(unknown.sum()))
-    rows, cols = np.nonzero(unknown)
-    height, width = unknown.shape
-    edges = []
-    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        r, c = rows + dr, cols + dc
-        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-        inside[inside] = domain[r[inside], c[inside]]
-        edges.append((np.nonzero(inside)[0], r[inside], c[inside]))
-    return rows, cols, index, edges
-
-
-def _solve_on_grid(index: np.ndarray, edges, rhs: np.ndarray, extra_diagonal: np.ndarray) -> np.ndarray:
-    """Solve (L + diag(extra_diagonal)) x = rhs, L the graph Laplacian of ``edges`` (from ``_grid_edges``);
-    ``rhs`` must already hold the guidance and the values of neighbours that are not unknowns."""
-    from scipy import sparse
-    from scipy.sparse.linalg import splu
-
-    n = len(rhs)
-    diagonal = np.asarray(extra_diagonal, dtype=np.float64).copy()
-    entries_i, entries_j = [], []
-    for me, neighbour_rows, neighbour_cols in edges:
-        diagonal[me] += 1.0  # each pixel has at most one edge per direction
-        neighbour = index[neighbour_rows, neighbour_cols]
-        entries_i.append(me[neighbour >= 0])
-        entries_j.append(neighbour[neighbour >= 0])
-    i, j = np.concatenate(entries_i), np.concatenate(entries_j)
-    matrix = sparse.csc_matrix(
-        (np.concatenate([diagonal, -np.ones(len(i))]), (np.concatenate([np.arange(n), i]), np.concatenate([np.arange(n), j]))),
-        shape=(n, n),
-    )
-    return splu(matrix).solve(rhs)
-
-
 def _harmonic_fill(known: np.ndarray, known_values: np.ndarray, domain: np.ndarray) -> np.ndarray:
     """Values on ``domain`` that equal ``known_values`` on ``known`` pixels and are harmonic elsewhere
     (4-neighbour Laplace equation inside ``domain``; edges leaving it are free). (H, W, C) out."""
@@ -289,13 +252,13 @@ def _harmonic_fill(known: np.ndarray, known_values: np.ndarray, domain: np.ndarr
     unknown = domain & ~known
     if not unknown.any():
         return out
-    rows, cols, index, edges = _grid_edges(unknown, domain)
+    rows, cols, index, edges = grid_edges(unknown, domain)
     rhs = np.zeros((len(rows), known_values.shape[2]))
     for me, neighbour_rows, neighbour_cols in edges:
         fixed = index[neighbour_rows, neighbour_cols] < 0
         rhs[me[fixed]] += out[neighbour_rows[fixed], neighbour_cols[fixed]]
     # The tiny diagonal keeps blobs that touch no known pixel solvable (they settle at 0).
-    out[unknown] = _solve_on_grid(index, edges, rhs, np.full(len(rows), 1e-6))
+    out[unknown] = solve_on_grid(index, edges, rhs, np.full(len(rows), 1e-6))
     return out
 
 
@@ -581,7 +544,7 @@ class _Synthesizer:
         for g, layer in enumerate(layers):
             if layer.owns is not None:
                 owner[layer.owns] = g
-        rows, cols, index, edges = _grid_edges(region, np.ones(self.shape, bool))
+        rows, cols, index, edges = grid_edges(region, np.ones(self.shape, bool))
         rhs = np.zeros((len(rows), 3))
         for me, qr, qc in edges:
             pr, pc = rows[me], cols[me]
@@ -612,7 +575,7 @@ class _Synthesizer:
         anchor = np.array([self.anchor_weight(layer) for layer in layers])
         in_own_class = group_of_class[self.target[rows, cols]] == owner[rows, cols]  # not a donor's band
         tether = 1e-4 + anchor[owner[rows, cols]] * valid[owner[rows, cols], rows, cols] * in_own_class
-        solved = _solve_on_grid(index, edges, rhs + tether[:, None] * composite, tether)
+        solved = solve_on_grid(index, edges, rhs + tether[:, None] * composite, tether)
         out = np.clip(np.rint(self.base.image), 0, 255).astype(np.uint8)
         out[rows, cols] = np.clip(np.rint(solved), 0, 255).astype(np.uint8)
         return out

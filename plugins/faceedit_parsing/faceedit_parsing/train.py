@@ -188,7 +188,11 @@ def evaluate(model, images: np.ndarray, masks: np.ndarray, batch: int = 10) -> n
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="faceedit train parser", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="training folder with images/ and masks/")
-    p.add_argument("--val", help="validation folder (same layout), evaluated at each checkpoint")
+    p.add_argument("--dev", type=int, default=0,
+                   help="hold out the last N pairs of --data (by name) as the dev split, evaluated at each "
+                        "checkpoint: the split for every choice (checkpoint, schedule, test-time augmentation)")
+    p.add_argument("--val", help="validation folder (same layout), evaluated at each checkpoint; a set that "
+                                 "informs no choice must not be given here")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log, exported weights")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=8)
@@ -252,6 +256,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else None
     images, masks = cached_pairs(Path(args.data), cache)
+    if not 0 <= args.dev < len(images):
+        print(f"--dev {args.dev}: {args.data} has {len(images)} pairs", file=sys.stderr)
+        return 2
+    dev = (images[-args.dev:], masks[-args.dev:]) if args.dev else None
+    if args.dev:
+        images, masks = images[: -args.dev], masks[: -args.dev]
     val = cached_pairs(Path(args.val), cache) if args.val else None
     images_t, masks_t = torch.from_numpy(images), torch.from_numpy(masks)
 
@@ -288,9 +298,11 @@ def main(argv=None) -> int:
         out_of_time = args.max_minutes and (time.time() - started) > args.max_minutes * 60
         if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
             record = {"step": step, "seconds": round(time.time() - started, 1)}
-            if val is not None:
-                iou = iou_from_confusion(evaluate(model, *val))
-                record["val_major_miou"] = round(major_miou(iou), 4)
+            for name, pairs in (("dev", dev), ("val", val)):
+                if pairs is not None:
+                    iou = iou_from_confusion(evaluate(model, *pairs))
+                    record[f"{name}_major_miou"] = round(major_miou(iou), 4)
+                    record[f"{name}_all_miou"] = round(float(np.nanmean(iou)), 4)
             history.append(record)
             save_checkpoint(checkpoint, model, optimizer, step, args, history)
             print("checkpoint", json.dumps(record), flush=True)
