@@ -116,6 +116,17 @@ def background_changed(image: np.ndarray, render: np.ndarray, *label_maps: np.nd
     return int(np.any(render != image, axis=2)[outside].sum()), int(outside.sum())
 
 
+def compact_weights_sha256(weights: Path | None) -> str | None:
+    """sha256 of the maskguided-compact weights measured: the --weights file, else the bundled one."""
+    from napari_faceedit import weights as manager
+
+    try:
+        path = weights if weights is not None else manager.bundled_path("maskguided_compact.pt")
+    except manager.WeightsError:
+        return None
+    return manager.sha256_file(path)
+
+
 def available_backends(weights: Path | None) -> tuple[dict, dict[str, str]]:
     """{name: (backend, params for edits, params for reconstruction)} and why others were skipped."""
     from faceedit_classic.synthesize import ClassicSynthesis
@@ -262,6 +273,7 @@ def main() -> None:
         "faces": len(faces),
         "parser": "faceparse-compact (default test-time augmentation) through execute",
         "backends": names, "skipped_backends": skipped,
+        "maskguided_compact_weights": compact_weights_sha256(args.weights),
         "edits": {e.name: {"function": e.function, **e.params} for e in EDIT_SCRIPT},
         "parser_ceiling_on_inputs": ceiling.summary(),
         "label_fidelity": {
@@ -299,7 +311,9 @@ def markdown(results: dict) -> str:
         "# Label-guided synthesis on held-out faces",
         "",
         f"{results['data']}; written by `benchmarks/eval_synthesize.py`. Renders go through "
-        "`napari_faceedit.runner.execute`; renders are parsed by `faceparse-compact`.",
+        "`napari_faceedit.runner.execute`; renders are parsed by `faceparse-compact`."
+        + (f" `maskguided-compact` weights: sha256 {results['maskguided_compact_weights'][:12]}."
+           if results.get("maskguided_compact_weights") else ""),
         "",
         "## (a) Label fidelity: parse of the render vs the edited labels",
         "",

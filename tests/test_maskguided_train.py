@@ -140,3 +140,39 @@ def test_the_test_split_is_refused_and_the_bundled_file_is_reported_when_missing
         celebamask_training_folder(data_root() / "val")
     ready, why = LearnedMaskGuided.ready()
     assert ready or COMPACT_FILE in why
+
+
+def test_shipped_model_is_the_default_and_widens_a_real_mouth():
+    """The bundled maskguided-compact (trained here) on a held-out face: it is what `synthesize` picks,
+    the render follows a widened mouth (the parse of the render shows more mouth), and pixels far
+    from the changed labels are the input's, bit for bit."""
+    from scipy import ndimage
+
+    from napari_faceedit.label_edits import widen_mouth
+    from napari_faceedit.registry import get_registry
+    from napari_faceedit.runner import execute
+    from napari_faceedit.tasks import ParseRequest, SynthesizeRequest, Task
+
+    registry = get_registry()
+    assert registry.for_task(Task.SYNTHESIZE)[0].name == "maskguided-compact"
+    folder = require_shared() / "data" / "celebamask_hq" / "val"
+    name = sorted(p.stem for p in (folder / "images").glob("*.jpg"))[3]
+    image = np.asarray(Image.open(folder / "images" / f"{name}.jpg").convert("RGB"))
+    labels = np.asarray(Image.open(folder / "masks" / f"{name}.png"))
+    edited = widen_mouth(labels, 1.4)
+    out = execute(registry.get("maskguided-compact")(), SynthesizeRequest(image=image, labels=labels,
+                                                                         target_labels=edited)).image
+    changed = labels != edited
+    far = ndimage.distance_transform_edt(~changed) > 24  # re-drawn: 12 px of the crop around the change
+    assert np.array_equal(out[far], image[far])
+    assert np.abs(out[changed].astype(int) - image[changed].astype(int)).mean() > 5
+
+    parser = registry.get("faceparse-compact")()
+    mouth = (10, 11, 12)
+
+    def mouth_width(picture):
+        parsed = execute(parser, ParseRequest(image=picture)).labels
+        columns = np.nonzero(np.isin(parsed, mouth).any(axis=0))[0]
+        return columns.max() - columns.min()
+
+    assert mouth_width(out) > mouth_width(image) + 3
