@@ -1,7 +1,8 @@
 """Learned face completion (``completion-progressive``) vs the classical backend on held-apart faces.
 
     python benchmarks/eval_completion.py --weights PATH [--faces N] [--out benchmarks/results/completion_eval]
-        -> OUT.json, OUT.md and benchmarks/results/completion_grid.png
+        -> OUT.json, OUT.md and benchmarks/results/local/completion_grid.png (pictures of the research
+           data: kept out of git)
 
 ``--weights``: an exported generator (``faceedit train completion --export``, float16 state dict),
 or a training checkpoint (``checkpoint_last.pt``), whose EMA generator is exported first with the
@@ -62,7 +63,7 @@ from napari_faceedit.tasks import LUMA_WEIGHTS, CompleteRequest
 REPO = Path(__file__).resolve().parents[1]
 VAL = REPO.parent / "shared" / "data" / "celebamask_hq" / "val"
 TRAIN = REPO.parent / "shared" / "data" / "celebamask_hq" / "train"
-GRID_PATH = REPO / "benchmarks" / "results" / "completion_grid.png"
+GRID_PATH = REPO / "benchmarks" / "results" / "local" / "completion_grid.png"  # data pictures: not in git
 BLANK_GREY = 128  # what the hole is set to before either backend sees the image
 HOLE_TYPES = ("rectangle", "strokes", "eyes", "nose", "mouth")
 # Regions completed for the attribute-control test (face components of vocab.FACE_COMPONENTS).

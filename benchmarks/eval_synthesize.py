@@ -2,7 +2,8 @@
 model selection): label fidelity, reconstruction and background, plus an example grid.
 
     python benchmarks/eval_synthesize.py [--limit 100] [--weights maskguided_compact.pt] [--grid-faces 3]
-        -> benchmarks/results/synthesize_eval.json, synthesize_eval.md, synthesize_grid.png
+        -> benchmarks/results/synthesize_eval.json, synthesize_eval.md, local/synthesize_grid.png (pictures
+           of the research data: kept out of git)
 
 Backends: ``classic-synthesize`` always; ``maskguided-compact`` with ``--weights FILE`` (a training
 export) or when its bundled file is installed; ``maskguided-helen`` (the authors' networks) when its
@@ -299,7 +300,8 @@ def main() -> None:
     (args.out / "synthesize_eval.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     (args.out / "synthesize_eval.md").write_text(markdown(results))
     if grid_rows:
-        Image.fromarray(np.concatenate(grid_rows, 0)).save(args.out / "synthesize_grid.png")
+        (args.out / "local").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(grid_rows, 0)).save(args.out / "local" / "synthesize_grid.png")
     print(markdown(results))
 
 
@@ -351,7 +353,7 @@ def markdown(results: dict) -> str:
             f"{k}: {len(v)} faces" for k, v in results["edits_not_applicable"].items())]
     if results["failures"]:
         lines += ["", "Failures: " + "; ".join(f"{k}: {len(v)}" for k, v in results["failures"].items())]
-    lines += ["", "`synthesize_grid.png`: per face, the first row is the source and the edited labels of each "
+    lines += ["", "`local/synthesize_grid.png` (not in git: pictures of the research data): per face, the first row is the source and the edited labels of each "
               f"edit ({', '.join(edit_names)}) in the official colours; then one row per backend "
               f"({', '.join(names)}): the source and its render of each edit.", ""]
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 quality numbers over the fixed edit script.
 
     python benchmarks/synthesize_examples.py [--faces 3] [--limit 20]
-        -> benchmarks/results/synthesize_classic_grid.png  (per face: source + each edit; top row the
+        -> benchmarks/results/local/synthesize_classic_grid.png  (not in git: pictures of the research data; per face: source + each edit; top row the
            edited labels in the official colours, bottom row the classical render)
         -> benchmarks/results/synthesize_classic.json
 
@@ -117,7 +117,8 @@ def main() -> None:
             grid_rows += [np.concatenate(labels_row, axis=1), np.concatenate(render_row, axis=1)]
         print(f"{path.stem[:8]}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()), flush=True)
 
-    io.imsave(OUT / "synthesize_classic_grid.png", np.concatenate(grid_rows, axis=0), check_contrast=False)
+    (OUT / "local").mkdir(parents=True, exist_ok=True)
+    io.imsave(OUT / "local" / "synthesize_classic_grid.png", np.concatenate(grid_rows, axis=0), check_contrast=False)
     all_seconds = [s for values in seconds.values() for s in values]
     summary = {
         "data": f"celebamask_hq/val, first {args.limit} faces (256 px); donor = next face in sorted order",

@@ -50,7 +50,7 @@ def test_shape_words_run_label_guided_synthesis_around_the_eyes_only():
     near = np.zeros_like(eyes)
     near[max(0, ys.min() - 30):ys.max() + 30, max(0, xs.min() - 30):xs.max() + 30] = True
     assert changed[near].any() and not changed[~near].any()
-    assert "synthesize by maskguided-compact" in result.provenance.notes  # the best ready synthesis backend
+    assert "synthesize by classic-synthesize" in result.provenance.notes  # the first ready synthesis backend
 
 
 def test_the_users_adjusted_edit_wins_over_the_text_and_unsupported_requests_are_errors():
