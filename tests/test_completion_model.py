@@ -316,6 +316,25 @@ def test_tiny_training_runs_checkpoints_resumes_exactly_and_exports(tmp_path):
     assert np.array_equal(out[~hole], crop[~hole])
 
 
+def test_a_schedule_grown_on_resume_keeps_a_best_model_at_its_new_end(tmp_path):
+    """A run that ended at 16 px and resumes with a schedule ending at 32 px: the best-dev file is the
+    best at 32 px, not blocked by a lower error measured at 16 px."""
+    celeba = _tiny_celeba(tmp_path / "celeba")
+    celebamask = _tiny_celebamask(tmp_path / "cmhq")
+    common = ["--data-celeba", str(celeba), "--data-celebamask", str(celebamask), "--out", str(tmp_path / "run"),
+              "--max-resolution", "32", "--batch", "3", "--dev-celeba", "2", "--dev-celebamask", "2",
+              "--dev-every", "2", "--log-every", "2", "--checkpoint-every", "100", "--cache", ""]
+    assert main([*common, "--schedule", "8:2,16:1+3"]) == 0
+    first = read_training_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    first["best_dev_l1"] = torch.tensor(0.0).item()  # an unbeatable best at 16 px
+    torch.save(first, tmp_path / "run" / "checkpoint_last.pt")
+    assert main([*common, "--schedule", "8:2,16:1+3,32:1+3", "--resume"]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    best = [r for r in history["records"] if r["kind"] == "dev" and r.get("best")]
+    assert best and best[-1]["resolution"] == 32
+    assert load_generator(tmp_path / "run" / "generator_best.pt").trained_stage() == (32, 1.0)
+
+
 def _malicious_checkpoint(path: Path, marker: Path) -> None:
     class Payload:
         def __reduce__(self):

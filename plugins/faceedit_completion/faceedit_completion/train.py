@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{checkpoint_path} does not match this network: {exc}") from None
         step, best = int(saved["step"]), float(saved["best_dev_l1"])
+        if parse_schedule(saved["config"]["schedule"])[-1].resolution != stages[-1].resolution:
+            best = float("inf")  # the schedule now ends elsewhere: a best at the old end is no measure here
         torch.set_rng_state(saved["torch_rng"])
         if device.type == "cuda" and saved.get("cuda_rng"):
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
