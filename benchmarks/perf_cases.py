@@ -104,7 +104,8 @@ def stargan_case(size: int) -> Case:
 
 # ------------------------------------------------------------------------------------------- BiSeNet
 def bisenet_case() -> Case:
-    from faceedit_parsing.bisenet import BiSeNet, fold_batchnorm, prepare_for_inference
+    from faceedit_parsing.bisenet import BiSeNet, prepare_for_inference
+    from napari_faceedit.folding import fold_batchnorm
 
     def folded(channels_last, main_head_only):
         def build(state, inputs):

@@ -18,11 +18,12 @@ from faceedit_maskguided import preprocess as pp  # noqa: E402
 from faceedit_maskguided.inference import (edit, edit_celebamask, generator_input,  # noqa: E402
                                            prepare_for_inference)
 from faceedit_maskguided.model import (NETWORK_CLASSES, TEST_TIME_LABELS, EditingNetworks,  # noqa: E402
-                                       EyeFeatureDecoder, fold_batchnorm, load_network_state)
+                                       EyeFeatureDecoder, load_network_state)
 from faceedit_maskguided.parity import (PARITY_MODEL, RAW_INPUTS, fixture_image_to_uint8,  # noqa: E402
                                         fixture_labels)
 
 from napari_faceedit import vocab  # noqa: E402
+from napari_faceedit.folding import fold_batchnorm  # noqa: E402
 from napari_faceedit.parity import read_keys, relative_check, synth_state_dict  # noqa: E402
 
 FIXTURE = ("parity", "maskguided_helen")

@@ -23,8 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from napari_faceedit.folding import fold_batchnorm
+
 from . import preprocess as pp
-from .model import COMPONENTS, FEATURE_CHANNELS, EditingNetworks, fold_batchnorm
+from .model import COMPONENTS, FEATURE_CHANNELS, EditingNetworks
 
 EYE_FEATURE = (8, 12)
 MOUTH_FEATURE = (20, 36)

@@ -383,30 +383,3 @@ def load_network_state(network: nn.Module, state: dict, label: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # deployment
-
-
-@torch.no_grad()
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm2d into the (transposed) convolution right before it, in place.
-
-    The result computes the same function up to float rounding but no longer has the checkpoint's
-    state-dict keys; load weights first. Convolution -> BN pairs are found in registration order,
-    which is the execution order in every network here."""
-    children = list(module.named_children())
-    for (name_a, a), (name_b, b) in zip(children, children[1:]):
-        if isinstance(b, nn.BatchNorm2d) and isinstance(a, (nn.Conv2d, nn.ConvTranspose2d)):
-            if b.training:
-                raise RuntimeError("fold_batchnorm needs eval mode (running statistics); call .eval() first")
-            scale = b.weight / torch.sqrt(b.running_var + b.eps)
-            shift = b.bias - b.running_mean * scale
-            # Conv weights are [out, in, k, k]; transposed conv weights are [in, out, k, k].
-            axis = 1 if isinstance(a, nn.ConvTranspose2d) else 0
-            shape = [1] * a.weight.dim()
-            shape[axis] = -1
-            a.weight.mul_(scale.view(shape))
-            bias = a.bias if a.bias is not None else torch.zeros_like(shift)
-            a.bias = nn.Parameter(bias * scale + shift)
-            setattr(module, name_b, nn.Identity())
-    for _, child in module.named_children():
-        fold_batchnorm(child)
-    return module

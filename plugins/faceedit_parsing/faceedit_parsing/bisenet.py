@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_faceedit.folding import fold_batchnorm
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 512  # official preprocessing resizes every face crop to 512x512
@@ -169,26 +171,6 @@ class BiSeNet(nn.Module):
         feat_res8, feat_cp8, _ = self.cp(x)
         logits = self.conv_out(self.ffm(feat_res8, feat_cp8))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
-
-
-@torch.no_grad()
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm2d into the convolution registered right before it, in place
-    (conv -> bn pairs are registered in execution order throughout BiSeNet), replacing the norm by
-    an identity. Same function up to float rounding; the state-dict keys change, so load weights first."""
-    children = list(module.named_children())
-    for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            if bn.training:
-                raise RuntimeError("fold_batchnorm needs eval mode (running statistics); call .eval() first")
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            shift = bn.bias - bn.running_mean * scale
-            conv.weight.mul_(scale.view(-1, 1, 1, 1))
-            conv.bias = nn.Parameter(shift if conv.bias is None else conv.bias * scale + shift)
-            setattr(module, bn_name, nn.Identity())
-    for child in module.children():
-        fold_batchnorm(child)
-    return module
 
 
 def prepare_for_inference(model: BiSeNet, channels_last: bool = True) -> BiSeNet:

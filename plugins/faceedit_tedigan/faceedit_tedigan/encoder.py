@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_faceedit.folding import fold_batchnorm_into
+
 from .stylegan import LRELU_SLOPE, load_strict, num_synthesis_layers
 
 
@@ -37,19 +39,6 @@ class WrappedBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(x)
-
-
-@torch.no_grad()
-def fold_batchnorm_into(layer: nn.Module, norm: nn.Module, bias: torch.Tensor | None = None,
-                        weight_scale: float = 1.0) -> None:
-    """Fold ``norm(layer(x) * weight_scale + bias)`` (eval BatchNorm) into ``layer``'s weight and bias,
-    in place; ``layer`` is an ``nn.Conv2d`` or ``nn.Linear`` (output channels first)."""
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    shift = norm.bias - norm.running_mean * scale
-    if bias is not None:
-        shift = shift + bias * scale
-    layer.weight.mul_((scale * weight_scale).view(-1, *([1] * (layer.weight.ndim - 1))))
-    layer.bias = nn.Parameter(shift.clone())
 
 
 # im2col + GEMM instead of oneDNN's direct convolution: small maps with many channels, where the direct
