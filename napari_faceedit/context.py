@@ -116,8 +116,10 @@ class RunContext:
         return self.delegate_service(request, backend_name, self)
 
     # -- models -----------------------------------------------------------------------------------
-    def load_weights(self, weights_id: str, build: Callable[[dict], Any]) -> Any:
-        """``build(config)`` with the catalogue's weights loaded (strict), in eval mode on the device;
+    def load_weights(self, weights_id: str, build: Callable[[dict], Any],
+                     prepare: Optional[Callable[[Any], Any]] = None) -> Any:
+        """``build(config)`` with the catalogue's weights loaded (strict), in eval mode on the device,
+        then ``prepare(model)`` (an inference path that needs the loaded weights, e.g. folded norms) once;
         cached by (backend, weights sha256, device), so a re-imported file takes effect at once."""
         from . import weights
 
@@ -126,7 +128,8 @@ class RunContext:
         def load():
             model = build(dict(weights.entry(weights_id).config or {}))
             weights.load_state_dict(weights_id, model)
-            return model.eval().to(self.device)
+            model = model.eval().to(self.device)
+            return prepare(model) if prepare is not None else model
 
         model = self.cache.get(self.owner, (weights_id, sha, self.device), load, weights_id)
         self.weights_used.append((weights_id, sha))
@@ -148,9 +151,11 @@ class RunContext:
         return model
 
     def load_bundled(self, file_name: str, build: Optional[Callable[[], Any]] = None,
-                     load: Optional[Callable[[Any], Any]] = None) -> Any:
+                     load: Optional[Callable[[Any], Any]] = None,
+                     prepare: Optional[Callable[[Any], Any]] = None) -> Any:
         """One of our shipped models, cached like ``load_weights``: ``build()`` then the bundled state
-        dict loaded strictly, or ``load(path)`` for a model whose file says how to build it."""
+        dict loaded strictly, or ``load(path)`` for a model whose file says how to build it; then
+        ``prepare(model)`` once, as in ``load_weights``."""
         from . import weights
 
         path = weights.bundled_path(file_name)
@@ -160,10 +165,12 @@ class RunContext:
 
         def load_model():
             if load is not None:
-                return load(path).float().eval().to(self.device)
-            model = build()
-            weights.load_bundled(file_name, model)
-            return model.float().eval().to(self.device)
+                model = load(path)
+            else:
+                model = build()
+                weights.load_bundled(file_name, model)
+            model = model.float().eval().to(self.device)
+            return prepare(model) if prepare is not None else model
 
         model = self.cache.get(self.owner, (file_name, sha, self.device), load_model)
         self.weights_used.append((file_name, sha))

@@ -108,10 +108,9 @@ class GPENBackend(FaceRestorationBackend):
 
         if self._injected is not None:
             return gpen_restore_fn(self._injected.eval().to(ctx.device), ctx.device)
-        # The parity-checked fast path (folded scales and activations, channels-last); idempotent on
-        # the cached model.
-        model = prepare_for_inference(ctx.load_weights(self.weights[0],
-                                                       lambda config: FullGenerator(**BFR_CONFIGS[self.size])))
+        # The parity-checked fast path (folded scales and activations, channels-last).
+        model = ctx.load_weights(self.weights[0], lambda config: FullGenerator(**BFR_CONFIGS[self.size]),
+                                 prepare=prepare_for_inference)
         return gpen_restore_fn(model, ctx.device)
 
 

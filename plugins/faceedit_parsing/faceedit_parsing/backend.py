@@ -58,12 +58,14 @@ class CompactParserBackend(_Parser):
                         choices=("none", "flip", "multiscale")),)
 
     def prepare(self, request, ctx: RunContext) -> None:
-        from .bisenet import fold_batchnorm
+        from napari_faceedit.folding import fold_batchnorm
+
         from .compact import CompactParser
 
-        # Batch norm folded into the convolutions (idempotent on the cached model): a third fewer ops
-        # per pass, same labels (logits within float rounding).
-        self.model = fold_batchnorm(ctx.load_bundled(COMPACT_FILE, CompactParser).requires_grad_(False))
+        # Batch norm folded into the convolutions: a third fewer ops per pass, same labels (logits
+        # within float rounding).
+        self.model = ctx.load_bundled(COMPACT_FILE, CompactParser,
+                                      prepare=lambda model: fold_batchnorm(model.requires_grad_(False)))
 
     def process_crop(self, face: FaceCrop, ctx: RunContext) -> CropResult:
         from .compact import TTA_MODES, predict
@@ -84,8 +86,9 @@ class BiSeNetParser(_Parser):
     def prepare(self, request, ctx: RunContext) -> None:
         from .bisenet import BiSeNet, prepare_for_inference
 
-        # Folded, channels-last inference path (parity-checked); idempotent on the cached model.
-        self.model = prepare_for_inference(ctx.load_weights(self.weights[0], lambda config: BiSeNet(n_classes=19)))
+        # Folded, channels-last inference path (parity-checked).
+        self.model = ctx.load_weights(self.weights[0], lambda config: BiSeNet(n_classes=19),
+                                      prepare=prepare_for_inference)
 
     def process_crop(self, face: FaceCrop, ctx: RunContext) -> CropResult:
         return CropResult(labels=bisenet_parse_crop(self.model, face.image))

@@ -125,9 +125,10 @@ class StarGANBackend(FaceBackend):
         if self._model is not None:
             self.generator = self._model.to(ctx.device)
         else:
-            # The parity-checked fast path (group-norm kernels, channels-last); idempotent on the cached model.
-            self.generator = prepare_for_inference(ctx.load_weights(self.weights[0], lambda config: Generator(
-                int(config.get("conv_dim", 64)), int(config.get("c_dim", 5)), int(config.get("repeat_num", 6)))))
+            # The parity-checked fast path (group-norm kernels, channels-last).
+            self.generator = ctx.load_weights(self.weights[0], lambda config: Generator(
+                int(config.get("conv_dim", 64)), int(config.get("c_dim", 5)), int(config.get("repeat_num", 6))),
+                prepare=prepare_for_inference)
         self.generator.norm_mode = ctx.params["norm_mode"]
         self.classifier = None
         if len(self.given_source) < len(self.supported_attributes):

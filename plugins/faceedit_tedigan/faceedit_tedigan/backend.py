@@ -71,14 +71,14 @@ class TediGANBackend(FaceBackend):
         from . import stylegan as stylegan_module
         from .clip_tokenizer import CLIPTokenizer
 
-        # The parity-checked fast paths (folded layers, fused epilogues, pooled-token transformer ends);
-        # each is idempotent, so the cached models are prepared once. Gradients to the code still flow.
-        generator = stylegan_module.prepare_for_inference(ctx.load_weights(
-            GENERATOR_ID, lambda config: stylegan_module.StyleGANGenerator.from_official_config(config)))
-        encoder = encoder_module.prepare_for_inference(ctx.load_weights(
-            ENCODER_ID, lambda config: encoder_module.StyleGANEncoder.from_official_config(config)))
-        clip = clip_module.prepare_for_inference(ctx.load_weights(
-            CLIP_ID, lambda config: clip_module.build_clip(config or None)))
+        # The parity-checked fast paths (folded layers, fused epilogues, pooled-token transformer ends),
+        # prepared once per cached model. Gradients to the code still flow.
+        generator = ctx.load_weights(GENERATOR_ID, stylegan_module.StyleGANGenerator.from_official_config,
+                                     prepare=stylegan_module.prepare_for_inference)
+        encoder = ctx.load_weights(ENCODER_ID, encoder_module.StyleGANEncoder.from_official_config,
+                                   prepare=encoder_module.prepare_for_inference)
+        clip = ctx.load_weights(CLIP_ID, lambda config: clip_module.build_clip(config or None),
+                                prepare=clip_module.prepare_for_inference)
         return generator, encoder, clip, CLIPTokenizer(weights.path(VOCAB_ID))
 
     def text_features(self, text: str, clip, tokenizer, device):
