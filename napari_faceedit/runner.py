@@ -52,9 +52,13 @@ def execute(
     except ValueError as error:
         # A backend that is not a face pipeline itself (it asked the parse service, or delegated to
         # another backend) reaches "no face" here: with allow_no_face it passes through as well.
-        if not (allow_no_face and backend.per_face and _is_no_face(error)):
+        if not (allow_no_face and backend.per_face):
             raise
-        result = _passed_through(request, error)
+        from .face.pipeline import NoFaceFound, passed_through  # only when a run lets faceless pictures by
+
+        if not isinstance(error, NoFaceFound):
+            raise
+        result = passed_through(request.image, error, labels=request.task is Task.PARSE)
     if ctx.cancelled():
         return None
     if result is None or (result.image is None and result.labels is None):
@@ -128,20 +132,6 @@ def _parse_service(parser: Optional[BackendLike]):
         return result.labels
 
     return parse
-
-
-def _is_no_face(error: BaseException) -> bool:
-    from .face.pipeline import NoFaceFound  # imported only when a run allows images without a face
-
-    return isinstance(error, NoFaceFound)
-
-
-def _passed_through(request: Request, error: BaseException) -> Result:
-    """The input unchanged (a parse: no labels), saying why: the face pipeline's own pass-through rule."""
-    image = request.image
-    if request.task is Task.PARSE:
-        return Result(labels=np.zeros(image.shape[:2], np.int32), passed_through=f"{error}: passed through unchanged")
-    return Result(image=image.copy(), passed_through=f"{error}: passed through unchanged")
 
 
 def _find_backend(task: Task, attributes: tuple[str, ...], exclude: tuple[str, ...]) -> Optional[str]:

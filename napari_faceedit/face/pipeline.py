@@ -168,6 +168,15 @@ def _crop_inputs(request: "Request", aligned: AlignedFace) -> dict:
     return out
 
 
+def passed_through(image: np.ndarray, reason: BaseException, labels: bool) -> Result:
+    """The input unchanged, saying why (a run that lets pictures without a face through): the image,
+    or empty labels for a run that labels."""
+    why = f"{reason}: passed through unchanged"
+    if labels:
+        return Result(labels=np.zeros(image.shape[:2], np.int32), passed_through=why)
+    return Result(image=image.copy(), passed_through=why)
+
+
 def run_face_pipeline(backend: "FaceBackend", request: "Request", ctx: "RunContext") -> FaceRun:
     """Run ``backend.process_crop`` on every chosen face of ``request.image`` and paste the results back."""
     from ..backend import FaceCrop, Paste
@@ -181,9 +190,7 @@ def run_face_pipeline(backend: "FaceBackend", request: "Request", ctx: "RunConte
     except NoFaceFound as exc:
         if not ctx.allow_no_face:
             raise
-        return FaceRun(result=Result(image=None if policy is Paste.LABELS else image.copy(),
-                                     labels=np.zeros(image.shape[:2], np.int32) if policy is Paste.LABELS else None,
-                                     passed_through=f"{exc}: passed through unchanged"))
+        return FaceRun(result=passed_through(image, exc, labels=policy is Paste.LABELS))
     chosen = select_faces(faces, request.face_index)
     total = len(chosen) + 2
     ctx.check()
