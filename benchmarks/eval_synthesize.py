@@ -122,8 +122,10 @@ def compact_weights_sha256(weights: Path | None) -> str | None:
     from napari_faceedit import weights as manager
 
     try:
-        path = weights if weights is not None else manager.bundled_path("maskguided_compact.pt")
-    except manager.WeightsError:
+        from faceedit_maskguided.compact_backend import COMPACT_FILE
+
+        path = weights if weights is not None else manager.bundled_path(COMPACT_FILE)
+    except (ImportError, manager.WeightsError):  # the plugin or its bundled file is not installed
         return None
     return manager.sha256_file(path)
 

@@ -396,7 +396,9 @@ def ui_probe(timeout: float, garbage_collector: str = "freeze") -> dict:
         command = [sys.executable, str(script), "--out", str(out)]
         if not os.environ.get("DISPLAY") and shutil.which("xvfb-run"):
             command = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"] + command
-        env = {**os.environ, "FACEEDIT_UI_PROBE_GC": garbage_collector}
+        from ui_stall_probe import GC_ENV
+
+        env = {**os.environ, GC_ENV: garbage_collector}
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         if not out.exists():
             return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:400]}

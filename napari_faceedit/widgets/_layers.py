@@ -126,10 +126,14 @@ def result_layer_specs(result: Result, source: InputInfo, task: str, backend: st
         array = np.asarray(array)
         meta = {PROVENANCE_KEY: provenance}
         if key == "landmarks" and array.ndim == 3 and array.shape[-1] == 2:  # (faces, 5, x/y) -> napari (y, x)
+            # napari keeps features as a pandas table: built here, so that pandas' first import (~0.3 s)
+            # and the conversion happen in the worker, not in the GUI thread.
+            import pandas as pd
+
             points = array.reshape(-1, 2)[:, ::-1]
-            face = np.repeat(np.arange(len(array)), array.shape[1])
+            face = pd.DataFrame({"face": np.repeat(np.arange(len(array)), array.shape[1])})
             specs.append(LayerSpec("points", points, dict(
-                name=f"{base} landmarks", size=4, face_color="yellow", features={"face": face},
+                name=f"{base} landmarks", size=4, face_color="yellow", features=face,
                 scale=source.scale, translate=source.translate, metadata=meta)))
         elif key == "boxes" and array.ndim == 2 and array.shape[1] == 4:  # (faces, x0 y0 x1 y1)
             rectangles = [np.array([[y0, x0], [y1, x1]]) for x0, y0, x1, y1 in array]
@@ -143,11 +147,4 @@ def result_layer_specs(result: Result, source: InputInfo, task: str, backend: st
             specs.append(LayerSpec("image", array, dict(
                 name=f"{base} {key}", rgb=True, metadata=meta, visible=False,
                 **({"scale": scale, "translate": source.translate} if scale else {}))))
-    for spec in specs:
-        if "features" in spec.kwargs:
-            # napari keeps features as a pandas table: build it here, so that pandas' first import
-            # (~0.3 s) and the conversion happen in the worker, not in the GUI thread.
-            import pandas as pd
-
-            spec.kwargs["features"] = pd.DataFrame({k: np.asarray(v) for k, v in spec.kwargs["features"].items()})
     return specs
