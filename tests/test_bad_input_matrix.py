@@ -62,6 +62,14 @@ FACE_CASES = {
 }
 
 
+def folder_with_noise_face(tmp_path: Path) -> Path:
+    """``tmp_path/in`` holding ``face.png``: 36x40 noise (no face), the input of most CLI cases."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(noise()).save(folder / "face.png")
+    return folder
+
+
 def cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
     """Pillow's CMYK -> RGB rule, written out: each channel (255 - ink) scaled by (255 - black)."""
     ink, black = cmyk[..., :3].astype(np.int32), cmyk[..., 3:].astype(np.int32)
@@ -451,9 +459,7 @@ HOLE_CASES = {"empty": (0, "the hole mask is empty"), "full": (255, "covers the 
 @pytest.mark.parametrize("case", list(HOLE_CASES))
 @pytest.mark.parametrize("task", TASKS, ids=TASK_IDS)
 def test_cli_empty_and_full_hole_masks(task, case, tmp_path, probes, capsys):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    Image.fromarray(noise(36, 40)).save(folder / "face.png")
+    folder = folder_with_noise_face(tmp_path)
     value, words = HOLE_CASES[case]
     Image.fromarray(np.full((36, 40), value, np.uint8)).save(folder / "mask.png")
     options = task_inputs(task, folder / "face.png", (36, 40), tmp_path) if task is not Task.COMPLETE else []
@@ -473,9 +479,7 @@ def test_cli_empty_and_full_hole_masks(task, case, tmp_path, probes, capsys):
 def test_cli_unsupported_attributes(task, tmp_path, probes, capsys):
     """The edit-attributes probe takes Blond_Hair and Male, the complete probe Smiling: anything else is
     an error (checked by the runner, so a backend that forgets cannot ignore it), never a no-op."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    Image.fromarray(noise(36, 40)).save(folder / "face.png")
+    folder = folder_with_noise_face(tmp_path)
     options = task_inputs(task, folder / "face.png", (36, 40), folder)
     options = [o for o in options if not o.startswith(("--attr", "Blond_Hair"))]
     before = file_hashes(folder)
@@ -508,9 +512,7 @@ TEXT_CASES = {"empty": "", "blank": "   \n\t ", "10,000 characters": ("make her 
 @pytest.mark.parametrize("case", list(TEXT_CASES))
 @pytest.mark.parametrize("task", TASKS, ids=TASK_IDS)
 def test_cli_empty_and_very_long_text(task, case, tmp_path, probes, capsys):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    Image.fromarray(noise(36, 40)).save(folder / "face.png")
+    folder = folder_with_noise_face(tmp_path)
     text = TEXT_CASES[case]
     options = [] if task is Task.EDIT_TEXT else task_inputs(task, folder / "face.png", (36, 40), folder)
     before = file_hashes(folder)
@@ -592,9 +594,7 @@ WEIGHTS_CASES = {"missing": "are missing", "corrupt": "corrupt", "tampered": "sh
 def test_cli_missing_corrupt_or_tampered_weights(case, tmp_path, probe_weights, capsys):
     data, cache = probe_weights
     install_weights(case, data, tmp_path)
-    folder = tmp_path / "in"
-    folder.mkdir()
-    Image.fromarray(noise()).save(folder / "face.png")
+    folder = folder_with_noise_face(tmp_path)
     before = file_hashes(folder)
     output = tmp_path / "out.png"
     code, err, _ = cli(capsys, "run", "restore", "--backend", "probe-weights", "--input", str(folder / "face.png"),
@@ -632,9 +632,7 @@ def broken_plugin(tmp_path, monkeypatch, fresh_registry):
 
 @pytest.mark.parametrize("task", TASKS, ids=TASK_IDS)
 def test_cli_backend_raising_at_import(task, tmp_path, broken_plugin, capsys):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    Image.fromarray(noise()).save(folder / "face.png")
+    folder = folder_with_noise_face(tmp_path)
     options = task_inputs(task, folder / "face.png", (36, 40), folder)
     before = file_hashes(folder)
     code, err, _ = cli(capsys, "run", task.value, "--backend", "onnx-restore", "--input", str(folder / "face.png"),
@@ -703,9 +701,7 @@ def test_cli_ctrl_c_before_the_run_starts(tmp_path, probes, capsys, monkeypatch)
 
 @pytest.mark.parametrize("task", TASKS, ids=TASK_IDS)
 def test_cli_ctrl_c_during_a_run(task, tmp_path, probes, capsys):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    Image.fromarray(noise()).save(folder / "face.png")
+    folder = folder_with_noise_face(tmp_path)
     options = task_inputs(task, folder / "face.png", (36, 40), tmp_path)
     fake_backends.PROBE_FAILURE["mode"] = "interrupt"
     before = file_hashes(folder)
