@@ -169,6 +169,8 @@ def finished_output(target: Path, image_path: Optional[Path]) -> bool:
     main output that decodes means the input is done (a truncated or foreign file does not)."""
     from PIL import Image
 
+    from .io import oriented_size
+
     try:
         with Image.open(target) as picture:
             picture.load()
@@ -176,10 +178,7 @@ def finished_output(target: Path, image_path: Optional[Path]) -> bool:
         if image_path is None:
             return True
         with Image.open(image_path) as source:
-            width, height = source.size
-            if source.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotation: read_image transposes
-                width, height = height, width
-        return size == (width, height)
+            return size == oriented_size(source)
     except Exception:  # noqa: BLE001 - unreadable means not finished
         return False
 

@@ -79,6 +79,16 @@ def _decoded(path: Path, image) -> np.ndarray:
         raise _damaged(path, error) from None
 
 
+# EXIF orientations that turn the picture a quarter (transpose, 90°, transverse, 270°): width and height swap.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def oriented_size(image) -> tuple[int, int]:
+    """(width, height) of an opened picture as the readers return it (EXIF orientation applied), from its header."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(0x0112, 1) in _QUARTER_TURNS else (width, height)
+
+
 def _native_pixels(image) -> np.ndarray:
     """Decoded pixels keeping their depth: 16-bit gray as uint16, float as float32, else 8-bit RGB(A)/L."""
     from PIL import ImageOps
