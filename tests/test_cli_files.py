@@ -593,3 +593,18 @@ def test_write_image_refuses_unknown_extensions(tmp_path):
     with pytest.raises(ValueError, match=r"extension '\.bmp'"):
         write_image(tmp_path / "x.bmp", noise())
     assert not list(tmp_path.iterdir())
+
+
+def test_a_finished_output_matches_the_input_as_read_with_its_exif_rotation(tmp_path):
+    from PIL import Image
+
+    from napari_faceedit.cli import finished_output
+
+    photo = Image.new("RGB", (40, 30), "gray")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown (and read) as a 30x40 portrait
+    photo.save(tmp_path / "turned.jpg", exif=exif)
+    Image.new("RGB", (30, 40)).save(tmp_path / "portrait.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "landscape.png")
+    assert finished_output(tmp_path / "portrait.png", tmp_path / "turned.jpg")
+    assert not finished_output(tmp_path / "landscape.png", tmp_path / "turned.jpg")
