@@ -69,6 +69,7 @@ HOLE_TYPES = ("rectangle", "strokes", "eyes", "nose", "mouth")
 # Regions completed for the attribute-control test (face components of vocab.FACE_COMPONENTS).
 ATTRIBUTE_REGIONS = {"lower face (mouth + nose)": ("mouth", "nose"), "face skin (skin + nose + mouth)": ("skin", "nose", "mouth")}
 CONTROL_ATTRIBUTE = "Mouth_Slightly_Open"  # toggled for the chance baseline: not something the classifier judges
+GENERATOR_ALONE = {"detail": "none"}  # the generator's upsampled fill, without the classical fill's fine detail
 GRID_FACES = 3
 GRID_REGION = ("mouth", "nose")
 GRID_SETTINGS = (("learned, no attributes", {}), ("Male off", {"Male": 0.0}), ("Male on", {"Male": 1.0}),
@@ -120,15 +121,15 @@ class Runner:
         self.whole_image_fallbacks: dict[str, int] = {}
 
     def __call__(self, backend, image: np.ndarray, hole: np.ndarray, purpose: str,
-                 attributes: dict | None = None) -> np.ndarray:
+                 attributes: dict | None = None, params: dict | None = None) -> np.ndarray:
         key = f"{backend.name}, {purpose}"
         self.runs[key] = self.runs.get(key, 0) + 1
         request = dict(image=image, mask=hole, attributes=dict(attributes or {}))
         try:
-            return execute(backend, CompleteRequest(**request)).image
+            return execute(backend, CompleteRequest(**request, params=dict(params or {}))).image
         except NoFaceFound:
             self.whole_image_fallbacks[key] = self.whole_image_fallbacks.get(key, 0) + 1
-            return execute(backend, CompleteRequest(**request, params={"whole_image": True})).image
+            return execute(backend, CompleteRequest(**request, params={**(params or {}), "whole_image": True})).image
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -181,11 +182,13 @@ METRICS = ("mae", "psnr", "ssim_box", "ssim_hole", "seam_excess", "seam_abs", "u
 
 def summarise(rows: list[dict]) -> dict:
     out = {"n": len(rows)}
-    for method in ("learned", "classical", "learned_unblanked"):
+    for method in ("learned", "classical", "generator_alone", "learned_unblanked"):
         present = [r[method] for r in rows if method in r]
         if present:
             out[method] = {m: round(float(np.nanmean([p[m] for p in present])), 4) for m in METRICS}
     out["learned_better_mae_fraction"] = round(float(np.mean([r["learned"]["mae"] < r["classical"]["mae"] for r in rows])), 4)
+    out["generator_alone_better_mae_fraction"] = round(float(np.mean(
+        [r["generator_alone"]["mae"] < r["classical"]["mae"] for r in rows])), 4)
     out["seam_band_gradient_original"] = round(float(np.mean([r["band_gradient_original"] for r in rows])), 4)
     return out
 
@@ -294,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
             row = {"face": image_path.stem,
                    "learned": hole_metrics(run(learned, holed, hole, hole_type), image, hole),
                    "classical": hole_metrics(run(classical, holed, hole, hole_type), image, hole),
+                   "generator_alone": hole_metrics(run(learned, holed, hole, hole_type + " generator alone",
+                                                       params=GENERATOR_ALONE), image, hole),
                    # leak check: the original pixels under the hole, which the model should ignore
-                   "learned_unblanked": hole_metrics(run(learned, image, hole, hole_type + " unblanked"), image, hole),
+                   "learned_unblanked": hole_metrics(run(learned, image, hole, hole_type + " unblanked",
+                                                         params=GENERATOR_ALONE), image, hole),
                    "band_gradient_original": float(gradient_magnitude(image)[boundary_band(hole)].mean())}
             per_type[hole_type].append(row)
 
@@ -364,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "seam_excess = mean luma gradient magnitude on the 2 px boundary band minus the original's "
                                 "there (grey levels per px); seam_abs = mean |difference| of those gradients; unfilled = "
                                 "fraction of hole pixels left at the blanking grey; means over holes",
-                     "learned_unblanked": "the learned backend given the original pixels under the hole (leak check: "
+                     "learned": "completion-progressive as shipped: the generator's fill with the fine detail of the "
+                                "classical fill (backend parameter detail=classical)",
+                     "generator_alone": "completion-progressive with detail=none: the generator's upsampled fill alone",
+                     "learned_unblanked": "the generator alone given the original pixels under the hole (leak check: "
                                           "a model that ignores the hole's content scores the same as when blanked)"},
         "holes": holes_summary,
         "attribute_control": {
@@ -397,15 +406,19 @@ def markdown(results: dict) -> str:
              "Runs where the detector found no face in the blanked image and the image was taken whole (an aligned "
              "crop): " + (", ".join(f"{k}: {v} of {results['protocol']['runs'][k]}"
                                    for k, v in results["protocol"]["whole_image_fallbacks"].items()) or "none") + ".", "",
-             "| hole | n | MAE learned | MAE classical | PSNR learned | PSNR classical | SSIM box learned | SSIM box classical "
-             "| SSIM hole learned | SSIM hole classical | seam excess learned | seam excess classical | learned better (MAE) "
-             "| MAE learned, unblanked input |",
-             "|---" * 14 + "|"]
+             "Learned: `completion-progressive` as shipped (the generator's fill plus the classical fill's detail finer "
+             "than the generator's pixels); generator alone: the same with `detail=none`.", "",
+             "| hole | n | MAE learned | MAE classical | MAE generator alone | PSNR learned | PSNR classical | PSNR generator alone "
+             "| SSIM box learned | SSIM box classical | SSIM hole learned | SSIM hole classical | seam excess learned "
+             "| seam excess classical | seam excess generator alone | learned better (MAE) | generator alone better (MAE) "
+             "| MAE generator alone, unblanked input |",
+             "|---" * 18 + "|"]
     for hole_type, s in results["holes"].items():
-        a, b, u = s["learned"], s["classical"], s["learned_unblanked"]
-        lines.append(f"| {hole_type} | {s['n']} | {a['mae']:.2f} | {b['mae']:.2f} | {a['psnr']:.2f} | {b['psnr']:.2f} | "
-                     f"{a['ssim_box']:.3f} | {b['ssim_box']:.3f} | {a['ssim_hole']:.3f} | {b['ssim_hole']:.3f} | "
-                     f"{a['seam_excess']:+.2f} | {b['seam_excess']:+.2f} | {s['learned_better_mae_fraction']:.2f} | {u['mae']:.2f} |")
+        a, b, g, u = s["learned"], s["classical"], s["generator_alone"], s["learned_unblanked"]
+        lines.append(f"| {hole_type} | {s['n']} | {a['mae']:.2f} | {b['mae']:.2f} | {g['mae']:.2f} | {a['psnr']:.2f} | "
+                     f"{b['psnr']:.2f} | {g['psnr']:.2f} | {a['ssim_box']:.3f} | {b['ssim_box']:.3f} | {a['ssim_hole']:.3f} | "
+                     f"{b['ssim_hole']:.3f} | {a['seam_excess']:+.2f} | {b['seam_excess']:+.2f} | {g['seam_excess']:+.2f} | "
+                     f"{s['learned_better_mae_fraction']:.2f} | {s['generator_alone_better_mae_fraction']:.2f} | {u['mae']:.2f} |")
     control = results["attribute_control"]
     lines += ["", "Seam excess: mean luma gradient on the 2 px boundary band minus the original's (grey levels/px).", "",
               f"## Attribute control (classifier decisions; chance baseline: toggling {CONTROL_ATTRIBUTE} instead)", "",

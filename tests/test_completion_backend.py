@@ -71,3 +71,40 @@ def test_cli_completes_parsed_components_with_the_classical_backend(tmp_path):
     changed = np.any(done != image, axis=2)
     ys, xs = np.nonzero(changed)
     assert changed.any() and 150 < ys.mean() < 230 and 90 < xs.mean() < 170  # the mouth, in the lower middle
+
+
+def test_classical_detail_keeps_thin_holes_classical_and_large_holes_learned():
+    from faceedit_completion.backend import with_classical_detail
+    from napari_faceedit.face.align import AlignedFace
+    from napari_faceedit.face.pipeline import FaceRun
+    from napari_faceedit.tasks import Result
+
+    rng = np.random.default_rng(0)
+    classical = rng.integers(60, 160, (256, 256, 3)).astype(np.uint8)
+    hole = np.zeros((256, 256), bool)
+    hole[40:43, 20:230] = True  # a 3 px brush stroke
+    hole[110:210, 70:170] = True  # a large square
+    learned = classical.copy()
+    learned[hole] += 80  # the generator's fill differs from the classical one by +80 everywhere
+    aligned = AlignedFace(crop=np.zeros((128, 128, 3), np.uint8), matrix=np.array([[0.5, 0, 0], [0, 0.5, 0]]),
+                          size=128, template="celebamask")  # crop pixel = 2 photo pixels
+    run = FaceRun(result=Result(image=learned.copy()), aligned=[aligned])
+    out = with_classical_detail(run, classical, hole, generator_pixel=2.0).astype(int)
+    shift = out - classical
+    assert np.array_equal(out[~hole], learned[~hole])  # outside the hole: bit for bit
+    assert shift[41, 50:200].mean() < 30  # across the stroke, mostly the classical fill (80 would be the generator's)
+    assert np.all(shift[140:180, 100:140] >= 78)  # the square's interior: the generator's content (80)
+    assert 0 < shift[110, 120].mean() < 60  # its edge: blended
+
+
+def test_learned_completion_takes_its_fine_detail_from_the_classical_fill():
+    image, labels = val_pair(3)
+    backend = ProgressiveCompletion(model=small_generator())
+    request = dict(image=image, labels=labels, components=("mouth",))
+    alone = execute(backend, CompleteRequest(**request, params={"detail": "none"}))
+    detailed = execute(backend, CompleteRequest(**request))
+    hole = component_region(labels, ("mouth",))
+    assert np.array_equal(detailed.image[~hole], image[~hole])
+    assert np.any(detailed.image[hole] != alone.image[hole])
+    assert "complete by classic-complete" in detailed.provenance.notes  # the delegated run is named
+    assert "from classic-complete" in detailed.provenance.notes

@@ -393,6 +393,11 @@ def paste_weights_in_photo(aligned: AlignedFace, photo_shape, weights: Optional[
     return out
 
 
+def crop_footprint(aligned: AlignedFace, photo_shape) -> np.ndarray:
+    """(H, W) bool: the photo pixels the aligned crop covers (where a hole paste can reach)."""
+    return paste_weights_in_photo(aligned, photo_shape, np.ones((aligned.size,) * 2, np.float32), 0.0) > 0
+
+
 def warp_labels_back(labels_crop: np.ndarray, aligned: AlignedFace, photo_shape) -> np.ndarray:
     """Labels of the crop carried to the photo (nearest neighbour); (H, W) int32, 0 outside the crop."""
     labels_crop = np.asarray(labels_crop)

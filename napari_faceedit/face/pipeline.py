@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from ..tasks import Result, is_grayscale, to_gray
-from .align import AlignedFace, align_face, paste_back, paste_weights_in_photo, template_points, warp_labels_back, \
-    warp_labels_to_crop
+from .align import (AlignedFace, align_face, crop_footprint, paste_back, paste_weights_in_photo, template_points,
+                    warp_labels_back, warp_labels_to_crop)
 from .detect import DetectedFace
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ def run_face_pipeline(backend: "FaceBackend", request: "Request", ctx: "RunConte
     if policy is Paste.HOLE and hole_photo is not None:
         reached = np.zeros(image.shape[:2], bool)
         for aligned in run.aligned:
-            reached |= paste_weights_in_photo(aligned, image.shape[:2], np.ones((aligned.size,) * 2), 0.0) > 0
+            reached |= crop_footprint(aligned, image.shape[:2])
         outside = int((hole_photo & ~reached).sum())
         if outside:
             ctx.note(f"{outside} hole pixels ({outside / max(int(hole_photo.sum()), 1):.0%}) lie outside every face "
