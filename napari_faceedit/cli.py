@@ -429,6 +429,15 @@ def run_on_worker(task: Task, backend_name: str, args, params: dict, plan: Outpu
     return _run_one(task, backend, args, params, plan, image_path, target, report=False)
 
 
+def worker_environment(workers: int) -> dict:
+    """Environment of our local cluster's worker processes. Dask's default for it sets
+    MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive mmap threshold: every large tensor is
+    then a fresh mmap, and a parse ran 2.1x slower (40 faces, 1 thread: 41.2 vs 19.5 s). The cores
+    are shared out among the workers for torch's threads (Dask's default: one each)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
 @contextlib.contextmanager
 def dask_client(args):
     """A Dask client on the scheduler at ``args.scheduler``, or on a local cluster of ``args.workers``
@@ -436,6 +445,7 @@ def dask_client(args):
     import logging
 
     try:
+        import dask
         from distributed import Client, LocalCluster
     except ImportError:
         raise RuntimeError("--scheduler and --workers need Dask's scheduler: pip install distributed") from None
@@ -456,7 +466,8 @@ def dask_client(args):
     # Local only, on free ports: several batches (or a notebook's cluster) can run side by side. The
     # worker processes start with Ctrl-C ignored (it reaches the whole process group): this process
     # handles it and stops them, so they print no tracebacks of their own.
-    with _ctrl_c_ignored_by_children():
+    environment = {"distributed.nanny.pre-spawn-environ": worker_environment(args.workers)}
+    with _ctrl_c_ignored_by_children(), dask.config.set(environment):
         cluster = LocalCluster(n_workers=args.workers, processes=True, threads_per_worker=1, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     with cluster, Client(cluster) as client:

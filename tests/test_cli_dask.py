@@ -272,7 +272,8 @@ PID_PLUGIN = '''
         description = "test backend"
 
         def run(self, request, ctx):
-            ctx.note(f"pid {os.getpid()}")
+            env = os.environ
+            ctx.note(f"pid {os.getpid()}; trim {env.get('MALLOC_TRIM_THRESHOLD_')}; omp {env.get('OMP_NUM_THREADS')}")
             return Result(image=255 - request.image)
 
     @hookimpl
@@ -299,5 +300,9 @@ def test_local_worker_processes(tmp_path, photos, capsys, monkeypatch, fresh_reg
     assert tree(parallel) == tree(local) and sorted(tree(parallel)) == [f"{n}.png" for n in NAMES]
     pids = {int(e["provenance"]["notes"].split("pid ")[1].split(";")[0]) for e in summary}
     assert os.getpid() not in pids and len(pids) in (1, 2)
+    # Dask's default MALLOC_TRIM_THRESHOLD_ (2x slower torch) is not set; the cores are shared out.
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert {e["provenance"]["notes"].split("; ", 1)[1].split(";")[0:2] == ["trim None", f" omp {threads}"]
+            for e in summary} == {True}
     assert not [p for p in parallel.iterdir() if p.name.endswith(".tmp")]
     sys.modules.pop("pid_note_backend", None)
