@@ -108,3 +108,8 @@ def test_learned_completion_takes_its_fine_detail_from_the_classical_fill():
     assert np.any(detailed.image[hole] != alone.image[hole])
     assert "complete by classic-complete" in detailed.provenance.notes  # the delegated run is named
     assert "from classic-complete" in detailed.provenance.notes
+    # With attributes the attribute-blind classical fill stays out (auto): the generator's fill alone.
+    steered = execute(backend, CompleteRequest(**request, attributes={"Smiling": 1.0}))
+    steered_alone = execute(backend, CompleteRequest(**request, attributes={"Smiling": 1.0}, params={"detail": "none"}))
+    assert np.array_equal(steered.image, steered_alone.image)
+    assert "classic-complete" not in steered.provenance.notes

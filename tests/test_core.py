@@ -83,7 +83,7 @@ def test_builtin_classic_backends_are_found_through_entry_points(fresh_registry)
     registry = fresh_registry()
     assert {"classic-complete", "classic-hair", "classic-restore"} <= set(registry.backends)
     assert registry.backend_plugin["classic-restore"] == "classic"
-    assert registry.best_for(Task.COMPLETE).name == "classic-complete"
+    assert registry.best_for(Task.COMPLETE).name == "completion-progressive"  # it beats classic-complete on val
 
 
 def test_third_party_package_is_loaded_and_broken_one_is_isolated(third_party_plugins):

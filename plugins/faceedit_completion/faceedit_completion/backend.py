@@ -32,23 +32,25 @@ class ProgressiveCompletion(FaceBackend):
     description = ("Our progressive U-Net completion GAN (Chen et al. 2018 design), trained here on CelebA and "
                    "CelebAMask-HQ: fills the hole of each face in one pass, steered by the attributes you choose "
                    "(smiling, mouth open, glasses, gender, age, makeup, eyebrows, eyes).")
-    limitations = ("A small model trained on a CPU from 5,000 low-resolution faces; the shipped generator works at "
-                   "64 px (upsampled into the 128 px face crop), so fills are soft, and thin strokes are filled "
-                   "worse than by classic-complete. Attributes shift the fill measurably (age, gender) but subtly. "
-                   "The hole must lie on a face the detector finds (or an aligned face crop). Pixels outside the "
-                   "hole never change.")
+    limitations = ("A small model trained on a CPU from 5,000 low-resolution faces; the generator works at 64 px, so "
+                   "without attributes the detail finer than that comes from classic-complete's fill, and thin "
+                   "brush strokes are still filled a little worse than by classic-complete alone. With attributes "
+                   "the generator's fill is used alone (soft): attributes shift it measurably (age, gender) but "
+                   "subtly. The hole must lie on a face the detector finds (or an aligned face crop). Pixels "
+                   "outside the hole never change.")
     supported_attributes = SUPPORTED_ATTRIBUTES
     bundled = (COMPLETION_FILE,)
     uses_torch = True
-    # Below classic-complete (priority 0): on the held-out val faces it fills worse on average (MAE inside
-    # the hole 26.7 vs 25.2; benchmarks/results/completion_eval.md); it is the backend for attributes.
-    priority = -10
+    # Above classic-complete (priority 0): on the held-out val faces it fills better on average (MAE inside
+    # the hole 24.1 vs 25.2; benchmarks/results/completion_eval.md).
+    priority = 10
     template = "celebamask"
     crop_size = 128  # the resolution the generator is trained to
     paste = Paste.HOLE
-    parameters = (Param("detail", "classical", "detail finer than the generator's pixels: from the full-resolution "
-                        "classical fill (classical) or none (the generator's upsampled fill alone)",
-                        choices=("classical", "none")),)
+    parameters = (Param("detail", "auto", "detail finer than the generator's pixels: from the full-resolution "
+                        "classical fill (classical), none (the generator's upsampled fill alone), or auto: classical "
+                        "unless attributes are chosen (the classical fill cannot follow them)",
+                        choices=("auto", "classical", "none")),)
 
     def __init__(self, model=None):
         self._injected = model
@@ -77,7 +79,10 @@ class ProgressiveCompletion(FaceBackend):
         from napari_faceedit.face.pipeline import run_face_pipeline
 
         face_run = run_face_pipeline(self, request, ctx)
-        if ctx.params["detail"] == "none" or not face_run.aligned:
+        detail = ctx.params["detail"]
+        if detail == "auto":
+            detail = "none" if request.attributes else "classical"
+        if detail == "none" or not face_run.aligned:
             return face_run.result
         ctx.check()
         try:
