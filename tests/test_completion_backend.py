@@ -113,3 +113,19 @@ def test_learned_completion_takes_its_fine_detail_from_the_classical_fill():
     steered_alone = execute(backend, CompleteRequest(**request, attributes={"Smiling": 1.0}, params={"detail": "none"}))
     assert np.array_equal(steered.image, steered_alone.image)
     assert "classic-complete" not in steered.provenance.notes
+
+
+def test_without_a_face_the_hole_is_filled_classically_unless_attributes_are_asked():
+    from napari_faceedit.face.pipeline import NoFaceFound
+
+    rng = np.random.default_rng(1)
+    picture = np.clip(rng.normal(120, 6, (96, 128, 3)), 0, 255).astype(np.uint8)  # no face in it
+    hole = np.zeros(picture.shape[:2], bool)
+    hole[30:50, 40:70] = True
+    backend = ProgressiveCompletion(model=small_generator())
+    filled = execute(backend, CompleteRequest(image=picture, mask=hole))
+    changed = np.any(filled.image != picture, axis=2)
+    assert changed[hole].mean() > 0.5 and not changed[~hole].any()
+    assert "no face found: the hole is filled by classic-complete alone" in filled.provenance.notes
+    with pytest.raises(NoFaceFound):
+        execute(backend, CompleteRequest(image=picture, mask=hole, attributes={"Smiling": 1.0}))

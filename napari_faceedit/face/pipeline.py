@@ -117,6 +117,7 @@ class FaceRun:
     aligned: list[AlignedFace] = field(default_factory=list)
     edited: list = field(default_factory=list)  # CropResult per face
     weights: list = field(default_factory=list)  # crop-sized paste weights per face (None = soft box)
+    hole_outside_faces: Optional[np.ndarray] = None  # Paste.HOLE: hole pixels no face crop reaches
     grayscale: bool = False
 
     def paste_all(self, photo: np.ndarray, scale: float, backend: "FaceBackend", ctx: "RunContext") -> np.ndarray:
@@ -237,10 +238,11 @@ def run_face_pipeline(backend: "FaceBackend", request: "Request", ctx: "RunConte
         reached = np.zeros(image.shape[:2], bool)
         for aligned in run.aligned:
             reached |= crop_footprint(aligned, image.shape[:2])
-        outside = int((hole_photo & ~reached).sum())
+        run.hole_outside_faces = hole_photo & ~reached
+        outside = int(run.hole_outside_faces.sum())
         if outside:
             ctx.note(f"{outside} hole pixels ({outside / max(int(hole_photo.sum()), 1):.0%}) lie outside every face "
-                     "crop and were left as they were")
+                     "crop: the face model did not fill them")
     if run.grayscale and policy is not Paste.LABELS:
         # Resampling and blending must not tint a grayscale photo.
         changed = np.any(photo != image, axis=2)

@@ -76,25 +76,48 @@ class ProgressiveCompletion(FaceBackend):
         return complete(self.model, face.image, face.hole, face.request.attributes)
 
     def run(self, request: CompleteRequest, ctx: RunContext) -> Result:
-        from napari_faceedit.face.pipeline import run_face_pipeline
+        from napari_faceedit.face.pipeline import NoFaceFound, run_face_pipeline
 
-        face_run = run_face_pipeline(self, request, ctx)
+        try:
+            face_run = run_face_pipeline(self, request, ctx)
+        except NoFaceFound:
+            if request.attributes:  # they would be ignored: an error rather than a fill without them
+                raise
+            face_run = None
+        if face_run is None or not face_run.aligned:  # no face (a batch run passes those through)
+            if request.attributes:
+                return face_run.result
+            ctx.note(f"no face found: the hole is filled by {DETAIL_BACKEND} alone")
+            return self._classical(request, ctx)
         detail = ctx.params["detail"]
         if detail == "auto":
             detail = "none" if request.attributes else "classical"
-        if detail == "none" or not face_run.aligned:
+        outside = face_run.hole_outside_faces
+        if detail == "none" and not outside.any():
             return face_run.result
         ctx.check()
         try:
-            classical = ctx.delegate(dataclasses.replace(request, attributes={}, params={}), DETAIL_BACKEND).image
+            classical = self._classical(request, ctx).image
         except KeyError as missing:  # the registry's "no backend named ..."
-            ctx.note(f"{missing.args[0]}: the generator's fill is used alone (soft in thin holes)")
+            ctx.note(f"{missing.args[0]}: the generator's fill is used alone")
             return face_run.result
         ctx.check()
-        generator_pixel = self.crop_size / self.model.trained_stage()[0]
-        face_run.result.image = with_classical_detail(face_run, classical, request.mask, generator_pixel)
-        ctx.note(f"detail finer than the generator's {self.model.trained_stage()[0]} px from {DETAIL_BACKEND}")
+        image = face_run.result.image
+        if detail == "classical":
+            generator_size = self.model.trained_stage()[0]
+            image = with_classical_detail(face_run, classical, request.mask, self.crop_size / generator_size)
+            ctx.note(f"detail finer than the generator's {generator_size} px from {DETAIL_BACKEND}")
+        if outside.any():
+            image = image.copy()
+            image[outside] = classical[outside]
+            ctx.note(f"hole pixels outside every face filled by {DETAIL_BACKEND}"
+                     + (" (the attributes apply on faces only)" if request.attributes else ""))
+        face_run.result.image = image
         return face_run.result
+
+    @staticmethod
+    def _classical(request: CompleteRequest, ctx: RunContext) -> Result:
+        return ctx.delegate(dataclasses.replace(request, attributes={}, params={}), DETAIL_BACKEND)
 
 
 def with_classical_detail(face_run, classical: np.ndarray, hole: np.ndarray, generator_pixel: float) -> np.ndarray:
