@@ -42,7 +42,7 @@ class ProgressiveCompletion(FaceBackend):
     bundled = (COMPLETION_FILE,)
     uses_torch = True
     # Above classic-complete (priority 0): on the held-out val faces it fills better on average (MAE inside
-    # the hole 24.1 vs 25.2; benchmarks/results/completion_eval.md).
+    # the hole 23.7 vs 25.2; benchmarks/results/completion_eval.md).
     priority = 10
     template = "celebamask"
     crop_size = 128  # the resolution the generator is trained to
