@@ -46,7 +46,7 @@ from skimage.metrics import structural_similarity
 
 from faceedit_classic.complete import ClassicCompletion
 from faceedit_completion.attributes import SUPPORTED_ATTRIBUTES
-from faceedit_completion.backend import ProgressiveCompletion
+from faceedit_completion.backend import NO_FACE_NOTE, ProgressiveCompletion
 from faceedit_completion.data import DEV_CELEBAMASK
 from faceedit_completion.holes import random_rectangle, random_strokes
 from faceedit_completion.model import generator_for_state, load_generator
@@ -69,7 +69,6 @@ HOLE_TYPES = ("rectangle", "strokes", "eyes", "nose", "mouth")
 # Regions completed for the attribute-control test (face components of vocab.FACE_COMPONENTS).
 ATTRIBUTE_REGIONS = {"lower face (mouth + nose)": ("mouth", "nose"), "face skin (skin + nose + mouth)": ("skin", "nose", "mouth")}
 CONTROL_ATTRIBUTE = "Mouth_Slightly_Open"  # toggled for the chance baseline: not something the classifier judges
-NO_FACE_NOTE = "no face found: the hole is filled by"
 GENERATOR_ALONE = {"detail": "none"}  # the generator's upsampled fill, without the classical fill's fine detail
 GRID_FACES = 3
 GRID_REGION = ("mouth", "nose")

@@ -19,6 +19,7 @@ from .attributes import SUPPORTED_ATTRIBUTES, check_supported
 COMPLETION_FILE = "complete_progressive.pt"
 # The full-resolution fill that supplies the detail finer than the generator's pixels.
 DETAIL_BACKEND = "classic-complete"
+NO_FACE_NOTE = f"no face found: the hole is filled by {DETAIL_BACKEND} alone"
 # Low-pass of (learned - classical), in generator pixels: the generator's bands are those coarser than this.
 # Chosen on the dev faces (eval_completion.py --split dev, MAE inside the hole over five hole types):
 # generator alone 27.0, classical 26.1; sigma 0.25 / 0.5 / 1 / 2 generator pixels: 26.3 / 25.6 / 24.8 / 24.4.
@@ -87,7 +88,7 @@ class ProgressiveCompletion(FaceBackend):
         if face_run is None or not face_run.aligned:  # no face (a batch run passes those through)
             if request.attributes:
                 return face_run.result
-            ctx.note(f"no face found: the hole is filled by {DETAIL_BACKEND} alone")
+            ctx.note(NO_FACE_NOTE)
             return self._classical(request, ctx)
         detail = ctx.params["detail"]
         if detail == "auto":
